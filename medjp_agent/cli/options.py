@@ -1,0 +1,110 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from medjp_agent.lm.options import LMOptions
+
+console = Console()
+err_console = Console(stderr=True)
+
+_LM = "LM options"
+# Each shared LM flag: parameter name -> (annotation, default). A decorated command receives one `lm: LMOptions`.
+_LM_PARAMS: dict[str, tuple[Any, Any]] = {
+    "model": (Annotated[str | None, typer.Option(help="HF hub id or local dir, or the served model name with --api-base. Default: an embedded tiny random Llama.", rich_help_panel=_LM)], None),
+    "adapter": (Annotated[list[str] | None, typer.Option(help="PEFT LoRA adapter dir or id; repeat for several, switchable by name (NAME=PATH).", rich_help_panel=_LM)], None),
+    "api_base": (Annotated[str | None, typer.Option(help="OpenAI-compatible server URL (e.g. vLLM), instead of loading the model here.", rich_help_panel=_LM)], None),
+    "api_key": (Annotated[str | None, typer.Option(envvar="MEDJP_API_KEY", help="API key for --api-base.", rich_help_panel=_LM)], None),
+    "load_in_4bit": (Annotated[bool, typer.Option("--load-in-4bit", help="bitsandbytes NF4 with double quantization, bf16 compute.", rich_help_panel=_LM)], False),
+    "load_in_8bit": (Annotated[bool, typer.Option("--load-in-8bit", help="bitsandbytes LLM.int8.", rich_help_panel=_LM)], False),
+    "dtype": (Annotated[str, typer.Option(help="Weights dtype when not quantized: auto, bfloat16, float16, float32.", rich_help_panel=_LM)], "auto"),
+    "device_map": (Annotated[str | None, typer.Option(help="transformers device map, e.g. auto.", rich_help_panel=_LM)], None),
+    "max_memory": (Annotated[list[str] | None, typer.Option(help="Per-device memory cap DEVICE=SIZE (e.g. 0=70GiB, cpu=100GiB); repeatable.", rich_help_panel=_LM)], None),
+    "trust_remote_code": (Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).", rich_help_panel=_LM)], False),
+    "batch_size": (Annotated[int, typer.Option(help="Most prompts per batched generate call.", rich_help_panel=_LM)], 16),
+    "max_new_tokens": (Annotated[int, typer.Option(help="Most tokens generated per answer.", rich_help_panel=_LM)], 512),
+    "temperature": (Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.", rich_help_panel=_LM)], 0.0),
+    "top_p": (Annotated[float, typer.Option(help="Nucleus sampling.", rich_help_panel=_LM)], 1.0),
+    "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Bypass the on-disk generation cache.", rich_help_panel=_LM)], False),
+}
+
+
+def _lm_options(values: dict[str, Any]) -> LMOptions:
+    memory = dict(item.split("=", 1) for item in values["max_memory"] or [])
+    cache_dir = os.environ.get("MEDJP_CACHE_DIR")
+    return LMOptions(
+        model=values["model"], adapters=tuple(values["adapter"] or ()), api_base=values["api_base"],
+        api_key=values["api_key"], load_in_4bit=values["load_in_4bit"], load_in_8bit=values["load_in_8bit"],
+        dtype=values["dtype"], device_map=values["device_map"], max_memory=memory,
+        trust_remote_code=values["trust_remote_code"], batch_size=values["batch_size"],
+        max_new_tokens=values["max_new_tokens"], temperature=values["temperature"], top_p=values["top_p"],
+        cache=not values["no_cache"], cache_dir=Path(cache_dir) if cache_dir else None,
+    )
+
+
+def with_lm_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command every LM flag; the function receives them packed as ``lm: LMOptions``."""
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.name != "lm"]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+               for name, (ann, default) in _LM_PARAMS.items()]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        lm_values = {name: kwargs.pop(name) for name in _LM_PARAMS}
+        return func(lm=_lm_options(lm_values), **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+DataOpt = Annotated[str, typer.Option("--data", help="IgakuQA folder, a JSONL/CSV file, or 'sample' (the bundled exam).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="A named format, a YAML/JSON format file, or FILE:NAME.")]
+YearsOpt = Annotated[list[int] | None, typer.Option("--year", help="Keep these years (repeatable).")]
+SectionsOpt = Annotated[list[str] | None, typer.Option("--section", help="Keep these sections, e.g. 112-A or A (repeatable).")]
+TextOnlyOpt = Annotated[bool, typer.Option("--text-only", help="Only questions that need no figure.")]
+QTypeOpt = Annotated[list[str] | None, typer.Option("--qtype", help="single, multi or numeric (repeatable).")]
+ChoicesOpt = Annotated[list[int] | None, typer.Option("--n-choices", help="Keep questions with this many choices (repeatable).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N selected questions.")]
+LenientOpt = Annotated[bool, typer.Option("--lenient", help="Skip bad input records with a counted warning instead of stopping.")]
+ColumnsOpt = Annotated[list[str] | None, typer.Option("--column", help="FIELD=COLUMN mapping for a generic JSONL/CSV file (repeatable).")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool = False,
+                   years: list[int] | None = None, sections: list[str] | None = None, text_only: bool = False,
+                   qtypes: list[str] | None = None, n_choices: list[int] | None = None,
+                   limit: int | None = None) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Load and filter questions for a command; bad input exits with the located error."""
+    from medjp_agent.data import DataError, load_dataset, select
+
+    try:
+        mapping = dict(c.split("=", 1) for c in columns or [])
+        dataset = load_dataset(data, columns=mapping or None, lenient=lenient)
+    except (DataError, ValueError) as e:
+        raise fail(str(e)) from None
+    if dataset.skipped:
+        err_console.print(f"[yellow]warning:[/] skipped {len(dataset.skipped)} bad records (--lenient); first: "
+                          f"{dataset.skipped[0]}", highlight=False)
+    filters = {"years": years or [], "sections": sections or [], "text_only": text_only, "qtypes": qtypes or [],
+               "n_choices": n_choices or [], "limit": limit}
+    questions = select(dataset, years=years, sections=sections, text_only=True if text_only else None,
+                       qtypes=qtypes, n_choices=n_choices)  # type: ignore[arg-type]
+    if limit is not None:
+        questions = questions[:limit]
+    if not questions:
+        raise fail(f"no questions left in {data} after the filters {filters}")
+    return dataset, questions, filters

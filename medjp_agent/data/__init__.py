@@ -1,0 +1,43 @@
+"""Questions and their loaders. Nothing here imports an LM."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import DataError
+from .loaders import SAMPLE_DIR, TABLE_FIELDS, load_exemplars, load_igakuqa, load_medqa, load_table
+from .question import LABELS, Dataset, Question, QuestionType
+from .select import select, split
+
+SAMPLE = "sample"
+
+
+def load_dataset(path: str | Path = SAMPLE, *, columns: Mapping[str, str] | None = None, lenient: bool = False) -> Dataset:
+    """Load questions from ``path``, choosing the loader by what is there.
+
+    - ``"sample"``: the exam bundled with the package (original questions in IgakuQA's schema);
+    - a directory: the IgakuQA layout;
+    - a file with a column mapping: :func:`load_table`;
+    - a ``.jsonl`` file: IgakuQA rows if they carry ``problem_id``, otherwise USMLE-JP/MedQA rows.
+    """
+    if str(path) == SAMPLE:
+        return load_igakuqa(SAMPLE_DIR, lenient=lenient)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, None, None, "no such file or directory")
+    if p.is_dir():
+        return load_igakuqa(p, lenient=lenient)
+    if columns:
+        return load_table(p, columns, lenient=lenient)
+    with p.open(encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    if '"problem_id"' in first:
+        return load_igakuqa(p, lenient=lenient)
+    return load_medqa(p, lenient=lenient)
+
+
+__all__ = [
+    "LABELS", "SAMPLE", "SAMPLE_DIR", "TABLE_FIELDS", "DataError", "Dataset", "Question", "QuestionType",
+    "load_dataset", "load_exemplars", "load_igakuqa", "load_medqa", "load_table", "select", "split",
+]

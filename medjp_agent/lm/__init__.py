@@ -1,0 +1,36 @@
+"""LM backends. A backend is one DSPy LM; nothing here knows about formats or scoring.
+
+- local Hugging Face models (optionally 4-bit NF4 with PEFT adapters), batched across threads, cached on disk;
+- OpenAI-compatible servers (vLLM, ...) through ``dspy.LM``.
+Heavy libraries (torch, transformers) are imported only when a local model is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .options import LMOptions
+
+if TYPE_CHECKING:
+    import dspy
+
+
+def build_lm(opts: LMOptions) -> "dspy.BaseLM":
+    """The DSPy LM ``opts`` asks for: an API client with ``api_base``, else a local HF model (default: tiny)."""
+    if opts.api_base:
+        from .api import APILM
+
+        return APILM.from_options(opts)
+    from .hf import HFLM
+
+    return HFLM.from_options(opts)
+
+
+def describe_lm(lm: Any) -> dict[str, str]:
+    """``{"model", "adapter", "backend"}`` for a run manifest; backends may provide ``describe()``."""
+    if hasattr(lm, "describe"):
+        return dict(lm.describe())
+    return {"model": str(getattr(lm, "model", type(lm).__name__)), "adapter": "", "backend": type(lm).__name__}
+
+
+__all__ = ["LMOptions", "build_lm", "describe_lm"]

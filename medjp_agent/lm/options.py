@@ -1,0 +1,32 @@
+"""How a run asks for its LM: one options record shared by `eval`, `search`, `optimize` and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LMOptions:
+    """Which model answers, and how.
+
+    With neither ``model`` nor ``api_base`` the embedded default is used: a tiny random Llama built and cached
+    locally, so every command runs offline (its accuracy is chance level).
+    """
+
+    model: str | None = None
+    adapters: tuple[str, ...] = ()
+    api_base: str | None = None
+    api_key: str | None = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    dtype: str = "auto"
+    device_map: str | None = None
+    max_memory: dict[str, str] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    cache: bool = True
+    cache_dir: Path | None = None

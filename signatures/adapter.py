@@ -1,0 +1,274 @@
+"""`FormatAdapter`: the one DSPy adapter that renders every :class:`PromptFormat` and parses the answer back.
+
+It renders what the *program* holds, not constants: ``signature.instructions`` (which MIPROv2, COPRO and GEPA
+rewrite), the answer field's ``prefix`` (COPRO rewrites it) and the demos. Raw-completion formats become one user
+message named :data:`RAW_PROMPT`, whose content the backend uses as the prompt verbatim; chat formats become
+system/user/assistant turns for the model's chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+
+from medjp_agent.data import LABELS
+
+from .formats import ALPACA_HEADER, DESCRIPTORS, PERSONAS, PromptFormat
+
+#: The ``name`` of the single user message that carries a raw completion prompt.
+RAW_PROMPT = "raw_prompt"
+
+_ALPACA_HEADER_EN = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+_WRAPPERS = {"dot": "{}.", "paren": "({})", "right_paren": "{})", "bracket": "[{}]", "colon": "{}:"}
+
+
+def answer_prefix(signature: type[dspy.Signature], default: str) -> str:
+    field = signature.output_fields.get("answer")
+    prefix = (field.json_schema_extra or {}).get("prefix") if field is not None else None
+    # DSPy's automatic prefix ("Answer:") means nobody set one: the format's marker applies.
+    return default if not prefix or prefix == "Answer:" else prefix
+
+
+class Renderer:
+    """Renders blocks of one format. Kept apart from the adapter so training data uses the very same text."""
+
+    def __init__(self, fmt: PromptFormat, instruction: str | None = None, marker: str | None = None):
+        self.fmt = fmt
+        self.instruction = fmt.task_instruction() if instruction is None else instruction
+        self.marker = marker or fmt.marker
+        self.words = DESCRIPTORS[fmt.language]
+
+    # -- pieces -------------------------------------------------------------------------------------------------
+    def word(self, key: str) -> str:
+        return self.fmt.descriptor_text(self.words[key])
+
+    def choices(self, choices: Sequence[str]) -> str:
+        labels = self.fmt.display_labels
+        items = [f"{_WRAPPERS[self.fmt.wrapper].format(labels[i])} {text}" for i, text in enumerate(choices)]
+        return ("\n" if self.fmt.choice_layout == "lines" else " ").join(items)
+
+    def display_answer(self, answer: Any, n_choices: int) -> str:
+        """Canonical labels ("a,c" or ["a", "c"]) in the format's labels; anything else is shown as given."""
+        tokens = answer if isinstance(answer, (list, tuple)) else re.split(r"[,、\s]+", str(answer).strip())
+        tokens = [str(t) for t in tokens if str(t)]
+        if n_choices and tokens and all(t in LABELS[:n_choices] for t in tokens):
+            return ",".join(self.fmt.display_labels[LABELS.index(t)] for t in tokens)
+        return ",".join(tokens) if isinstance(answer, (list, tuple)) else str(answer).strip()
+
+    def field(self, key: str, value: str) -> str:
+        fmt, word = self.fmt, self.word(key)
+        if fmt.template == "alpaca":
+            return f"### {word}{fmt.separator.rstrip()}\n{value}"
+        if fmt.template == "markdown":
+            return f"## {word}\n{value}"
+        if fmt.template == "xml":
+            return f"<{key}>\n{value}\n</{key}>"
+        if "\n" in value and not fmt.separator.endswith("\n"):
+            return f"{word}{fmt.separator.rstrip()}\n{value}"
+        return f"{word}{fmt.separator}{value}"
+
+    # -- blocks -------------------------------------------------------------------------------------------------
+    def preamble(self, chat: bool) -> str:
+        """Text before the first example; the system message in chat."""
+        fmt = self.fmt
+        parts = [PERSONAS[fmt.persona][fmt.language]]
+        if fmt.instruction_position == "preamble":
+            parts.append(self.instruction)
+        elif fmt.template == "alpaca" and not chat:
+            parts.append(ALPACA_HEADER if fmt.language == "ja" else _ALPACA_HEADER_EN)
+        return "\n".join(p for p in parts if p)
+
+    def example_input(self, inputs: dict[str, Any]) -> str:
+        fmt = self.fmt
+        question = str(inputs.get("question", ""))
+        choices = list(inputs.get("choices") or [])
+        extra = {k: v for k, v in inputs.items() if k not in ("question", "choices")}
+        header = fmt.instruction_position == "header"
+        after = fmt.instruction_position == "after"
+        if fmt.template == "json":
+            obj: dict[str, Any] = {}
+            if header:
+                obj[self.word("instruction")] = self.instruction
+            obj[self.word("question")] = question
+            if choices:
+                obj[self.word("choices")] = dict(zip(fmt.display_labels, choices))
+            obj.update(extra)
+            if after:
+                obj[self.word("instruction")] = self.instruction
+            return json.dumps(obj, ensure_ascii=False)
+        if fmt.template == "alpaca":
+            rest = [self.choices(choices)] if choices else []
+            if after:
+                rest.append(self.instruction)
+            if header:
+                sections = [("instruction", self.instruction), ("input", "\n".join([question, *rest]))]
+            else:
+                sections = [("instruction", question)] + ([("input", "\n\n".join(rest))] if rest else [])
+        else:
+            sections = [("instruction", self.instruction)] if header else []
+            sections.append(("question", question))
+            if choices:
+                sections.append(("choices", self.choices(choices)))
+            if after:
+                sections.append(("instruction", self.instruction))
+        sections += [(k, str(v)) for k, v in extra.items() if k in self.words]
+        return fmt.joiner.join(self.field(k, v) for k, v in sections)
+
+    def response_header(self) -> str:
+        """What the prompt ends with, after which the model writes (empty in chat)."""
+        fmt = self.fmt
+        if fmt.template == "alpaca":
+            return f"### {self.word('response')}{fmt.separator.rstrip()}\n"
+        if fmt.template == "markdown":
+            return f"## {self.word('response')}\n"
+        if fmt.template == "xml":
+            return "<response>\n"
+        if fmt.output == "json":
+            return ""
+        key = "summary" if fmt.reasoning == "summarize" else "reasoning"
+        return "" if fmt.reasoning == "direct" else f"{self.word(key)}{fmt.separator}"
+
+    def prompt_tail(self) -> str:
+        """The header plus, for direct marker answers, the marker itself, so the completion is the answer."""
+        direct = self.fmt.reasoning == "direct" and self.fmt.output == "marker"
+        return self.response_header() + (self.marker if direct else "")
+
+    def response(self, reasoning: str | None, answer: Any, n_choices: int) -> str:
+        """A demo's response body, as the model is expected to write it (after :meth:`response_header`)."""
+        fmt = self.fmt
+        shown = self.display_answer(answer, n_choices)
+        reasoning = (reasoning or "").strip() if fmt.reasoning != "direct" else ""
+        if fmt.output == "json":
+            labels = shown.split(",") if n_choices else shown
+            obj = {"reasoning": reasoning, "answer": labels} if reasoning else {"answer": labels}
+            body = json.dumps(obj, ensure_ascii=False)
+        else:
+            body = f"{reasoning}\n{self.marker}{shown}" if reasoning else f"{self.marker}{shown}"
+        return body + ("\n</response>" if fmt.template == "xml" else "")
+
+    def block_starts(self) -> list[str]:
+        """Text that opens a new example: a completion is cut there, so a model that runs on into an invented next
+        question cannot put its answer in place of the real one."""
+        first = self.example_input({"question": "\x00", "choices": []}).split("\x00")[0].strip()
+        return [s for s in {first, self.preamble(chat=False).strip()[:20]} if len(s) >= 2]
+
+    # -- whole prompts ------------------------------------------------------------------------------------------
+    def demo_block(self, demo: dict[str, Any]) -> tuple[str, str]:
+        n = len(demo.get("choices") or [])
+        return self.example_input(_inputs_of(demo)), self.response(demo.get("reasoning"), demo.get("answer", ""), n)
+
+    def completion_prompt(self, demos: Sequence[dict[str, Any]], inputs: dict[str, Any]) -> str:
+        j = self.fmt.joiner
+        parts = [self.preamble(chat=False)]
+        for demo in demos:
+            text, response = self.demo_block(demo)
+            parts.append(f"{text}{j}{self.response_header()}{response}")
+        parts.append(f"{self.example_input(inputs)}{j}{self.prompt_tail()}")
+        return j.join(p for p in parts if p)
+
+    def chat_messages(self, demos: Sequence[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, str]]:
+        messages = []
+        system = self.preamble(chat=True)
+        if system:
+            messages.append({"role": "system", "content": system})
+        for demo in demos:
+            text, response = self.demo_block(demo)
+            messages += [{"role": "user", "content": text}, {"role": "assistant", "content": response}]
+        messages.append({"role": "user", "content": self.example_input(inputs)})
+        return messages
+
+    # -- parsing ------------------------------------------------------------------------------------------------
+    def split_completion(self, completion: str) -> tuple[str, str | None]:
+        """(reasoning, answer span or None when no answer could be located)."""
+        text = completion
+        for start in self.block_starts():
+            at = text.find(start, 1)
+            if at > 0:
+                text = text[:at]
+        text = text.replace("</response>", "")
+        if self.fmt.output == "json":
+            return _parse_json_answer(text)
+        from medjp_agent.scoring import answer_span
+
+        span = answer_span(text, self.marker)
+        if span is None:
+            if self.fmt.reasoning == "direct":  # the prompt already ended with the marker
+                first = next((line.strip() for line in text.split("\n") if line.strip()), "")
+                return "", first
+            return text.strip(), None
+        cut = _last_marker_start(text, self.marker)
+        return text[:cut].strip(), span
+
+
+def _last_marker_start(text: str, marker: str) -> int:
+    from medjp_agent.scoring import normalize
+
+    return normalize(text).rfind(normalize(marker).strip())
+
+
+def _parse_json_answer(text: str) -> tuple[str, str | None]:
+    start, end = text.find("{"), text.rfind("}")
+    if start >= 0 and end > start:
+        try:
+            obj = json.loads(text[start : end + 1])
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and "answer" in obj:
+            answer = obj["answer"]
+            span = ",".join(map(str, answer)) if isinstance(answer, list) else str(answer)
+            return str(obj.get("reasoning", "")), span
+    found = re.search(r'"answer"\s*:\s*(\[[^\]]*\]|"[^"]*"|[-\d.]+)', text)
+    if found:
+        return text[:start].strip() if start > 0 else "", re.sub(r'[\[\]"]', "", found.group(1))
+    return text.strip(), None
+
+
+def _inputs_of(demo: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in demo.items() if k not in ("reasoning", "answer") and not k.startswith("_")}
+
+
+class FormatAdapter(dspy.Adapter):
+    """Renders a signature + demos + inputs in one :class:`PromptFormat`, and parses completions back.
+
+    ``parse`` never raises on a bad answer: it returns ``answer=None`` and a ``parse_error`` so the caller can score
+    the question wrong with the reason recorded. The raw text is kept as ``completion``.
+    """
+
+    def __init__(self, fmt: PromptFormat):
+        super().__init__()
+        self.fmt = fmt
+
+    def renderer(self, signature: type[dspy.Signature]) -> Renderer:
+        return Renderer(self.fmt, instruction=signature.instructions, marker=answer_prefix(signature, self.fmt.marker))
+
+    def format(self, signature: type[dspy.Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        r = self.renderer(signature)
+        demos = [dict(d) for d in demos]
+        inputs = {k: v for k, v in inputs.items() if k in signature.input_fields}
+        if self.fmt.uses_chat:
+            return r.chat_messages(demos, inputs)
+        return [{"role": "user", "content": r.completion_prompt(demos, inputs), "name": RAW_PROMPT}]
+
+    def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
+        renderer = self.renderer(signature)
+        reasoning, span = renderer.split_completion(completion)
+        error = None if span else (
+            f"no answer marker {renderer.marker.strip()!r} in the completion" if span is None else "empty answer"
+        )
+        return {"reasoning": reasoning, "answer": span or None, "completion": completion, "parse_error": error}
+
+    def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):  # noqa: ANN001
+        # DSPy keeps only signature fields; the raw text and the parse failure must reach the results file.
+        values = super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
+        for value, output in zip(values, outputs):
+            text = output.get("text") if isinstance(output, dict) else output
+            parsed = self.parse(processed_signature, text or "")
+            value.update(completion=parsed["completion"], parse_error=parsed["parse_error"])
+        return values
