@@ -16,11 +16,9 @@ from typing import Any
 import dspy
 
 from medjp_agent.data import LABELS
+from medjp_agent.lm.options import RAW_PROMPT
 
 from .formats import ALPACA_HEADER, DESCRIPTORS, PERSONAS, PromptFormat
-
-#: The ``name`` of the single user message that carries a raw completion prompt.
-RAW_PROMPT = "raw_prompt"
 
 _ALPACA_HEADER_EN = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

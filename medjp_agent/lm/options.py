@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: The ``name`` of the single user message that carries a raw completion prompt: a backend sends its content to
+#: the model verbatim (no chat template); any other message list goes through the model's chat template.
+RAW_PROMPT = "raw_prompt"
+
 
 @dataclass(frozen=True)
 class LMOptions:
