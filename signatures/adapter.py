@@ -154,7 +154,7 @@ class Renderer:
     def block_starts(self) -> list[str]:
         """Text that opens a new example: a completion is cut there, so a model that runs on into an invented next
         question cannot put its answer in place of the real one."""
-        first = self.example_input({"question": "\x00", "choices": []}).split("\x00")[0].strip()
+        first = self.example_input({"question": "\x00", "choices": []}).split("\x00")[0].strip().split("\n")[0]
         return [s for s in {first, self.preamble(chat=False).strip()[:20]} if len(s) >= 2]
 
     # -- whole prompts ------------------------------------------------------------------------------------------

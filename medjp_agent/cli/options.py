@@ -80,7 +80,7 @@ ColumnsOpt = Annotated[list[str] | None, typer.Option("--column", help="FIELD=CO
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -39,13 +39,13 @@ def _bucket(qid: str, seed: int) -> float:
 
 
 def split(questions: Sequence[Question], fractions: Sequence[float], seed: int = 0) -> list[list[Question]]:
-    """Split by a hash of each id, so a question stays in its split when others are added or filtered out."""
-    if abs(sum(fractions) - 1.0) > 1e-9:
-        raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
-    ordered = sorted(questions, key=lambda q: _bucket(q.id, seed))
-    out, start = [], 0
-    for i, frac in enumerate(fractions):
-        end = len(ordered) if i == len(fractions) - 1 else start + round(frac * len(ordered))
-        out.append(ordered[start:end])
-        start = end
+    """Split by a hash of each id against cumulative fractions, so a question keeps its split when others are
+    added or filtered out (sizes are therefore approximately, not exactly, proportional)."""
+    if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {list(fractions)}")
+    bounds = [sum(fractions[: i + 1]) for i in range(len(fractions))]
+    out: list[list[Question]] = [[] for _ in fractions]
+    for q in questions:
+        b = _bucket(q.id, seed)
+        out[next(i for i, bound in enumerate(bounds) if b < bound or i == len(bounds) - 1)].append(q)
     return out

@@ -1,0 +1,110 @@
+"""What a format search found: parameter importances, the best-so-far curve and accuracy by axis value.
+
+A `medjp search` run folder stores its Optuna study (``study.db`` by default) and names it in the manifest's
+``extra`` (``storage``: an RDB URL, ``study``: the study name). Trials carry the format axes as params and the dev
+accuracy as their value. Everything here reads the study through ``optuna.load_study``, so any storage works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medjp_agent.results import RunManifest
+
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_DB = "study.db"
+_SQLITE = "sqlite:///"
+
+
+@dataclass(frozen=True)
+class AxisValue:
+    """Trials that used ``value`` for the format axis ``param``: how many, their mean and best objective."""
+
+    param: str
+    value: Any
+    n: int
+    mean: float
+    best: float
+
+
+@dataclass(frozen=True)
+class SearchView:
+    """A search run's study, summarised for tables and plots.
+
+    ``importances`` are fANOVA importances (share of the objective's variance each axis explains, summing to 1);
+    empty with fewer than two finished trials. ``best_so_far`` holds ``(trial number, value, best value so far)``
+    for every finished trial. ``axes`` is the "which axis matters" ablation: every axis value with the trials that
+    used it, best value first within each axis.
+    """
+
+    run: str
+    study: str
+    direction: str
+    n_complete: int
+    n_pruned: int
+    importances: dict[str, float]
+    best_so_far: tuple[tuple[int, float, float], ...]
+    axes: tuple[AxisValue, ...]
+    best_format: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def storage_url(run_dir: Path, manifest: RunManifest) -> str:
+    """The study's storage URL; a moved run folder falls back to the ``study.db`` it carries."""
+    url = str(manifest.extra.get("storage") or "")
+    local = run_dir / STUDY_DB
+    stale = not url or (url.startswith(_SQLITE) and not Path(url.removeprefix(_SQLITE)).exists())
+    return f"{_SQLITE}{local}" if stale and local.exists() else url
+
+
+def summarise_study(study: "optuna.Study", run: str = "") -> SearchView:
+    """Importances, best-so-far curve and per-axis-value statistics of a single-objective study."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    pick = max if maximize else min
+    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    curve, best = [], None
+    for t in trials:
+        best = t.value if best is None else pick(best, t.value)
+        curve.append((t.number, float(t.value), float(best)))
+    # fANOVA fits a forest to the trials; below two it reports a meaningless 100 % for whatever axis there is.
+    importances = ({k: float(v) for k, v in get_param_importances(
+        study, evaluator=FanovaImportanceEvaluator(seed=0)).items()} if len(trials) >= 2 else {})
+    by_value: dict[tuple[str, Any], list[float]] = defaultdict(list)
+    for t in trials:
+        for param, value in t.params.items():
+            by_value[(param, value)].append(float(t.value))
+    axes = sorted((AxisValue(param=p, value=v, n=len(vals), mean=sum(vals) / len(vals), best=pick(vals))
+                   for (p, v), vals in by_value.items()),
+                  key=lambda a: (a.param, -a.mean if maximize else a.mean))
+    best_trial = study.best_trial if trials else None
+    return SearchView(
+        run=run, study=study.study_name, direction="maximize" if maximize else "minimize", n_complete=len(trials),
+        n_pruned=len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))), importances=importances,
+        best_so_far=tuple(curve), axes=tuple(axes),
+        best_format=dict(best_trial.user_attrs.get("format") or best_trial.params) if best_trial else {},
+    )
+
+
+def load_search_view(run_dir: Path, manifest: RunManifest, run: str = "") -> SearchView | None:
+    """The :class:`SearchView` of a search run folder; None for other runs.
+
+    Raises KeyError when the storage holds no study of the manifest's name.
+    """
+    if manifest.kind != "search" or "study" not in manifest.extra:
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=str(manifest.extra["study"]), storage=storage_url(run_dir, manifest))
+    return summarise_study(study, run or manifest.name or run_dir.name)
