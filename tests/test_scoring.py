@@ -7,8 +7,8 @@ import pytest
 from medjp_agent.data import Question
 from medjp_agent.scoring import Extraction, QuestionResult, aggregate, aggregate_by, extract_answer, grade
 
-MCQ = Question("q1", 2018, "112-A", "どれか。", ("Gaucher病", "von Gierke病", "Hurler症候群", "メープルシロップ尿症",
-                                           "オルニチントランスカルバミラーゼ欠損症"), ("a", "c"), forbidden=("e",))
+MCQ = Question("q1", 2018, "112-A", "どれか。", ("急性膵炎", "胆石症", "Cushing症候群", "痛風", "鉄欠乏性貧血"),
+               ("a", "c"), forbidden=("e",))
 NUM = Question("q2", 2018, "112-C", "求めよ。", (), ("146",))
 
 
@@ -21,9 +21,9 @@ NUM = Question("q2", 2018, "112-C", "求めよ。", (), ("146",))
     ("答え: C and A", ("a", "c")),
     ("理由を述べる。答え：b と考えたが誤り。\n最終的に\n答え：\nc", ("c",)),  # last marker; answer on next line
     ("答え：(c)", ("c",)),
-    ("答え：Hurler症候群", ("c",)),  # choice text, exact
-    ("答え：ハーラー症候群", ()),  # not similar enough: no guess
-    ("答え：Hurlr症候群", ("c",)),  # fuzzy choice text
+    ("答え：Cushing症候群", ("c",)),  # choice text, exact
+    ("答え：クッシング症候群", ()),  # not similar enough: no guess
+    ("答え：Cushng症候群", ("c",)),  # fuzzy choice text
 ])
 def test_label_and_text_extraction(text, expected):
     got = extract_answer(text, MCQ, marker="答え：")

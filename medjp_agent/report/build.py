@@ -6,7 +6,6 @@ Everything here only reads the results schema (:mod:`medjp_agent.results`); tabl
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +19,12 @@ from medjp_agent.scoring.aggregate import GroupBy
 from .compare import Comparison, compare_runs
 from .diff import RunDiff
 from .optuna_views import SearchView, load_search_view
+from .serialize import Serializable
 from .verdict import YearVerdict, exam_verdicts
 
 
 @dataclass(frozen=True)
-class RunRow:
+class RunRow(Serializable):
     """One run as the report shows it: what ran, and its figures overall, per year and per ``--by`` group."""
 
     label: str
@@ -53,13 +53,6 @@ class RunRow:
             completion_tokens=run.summary.completion_tokens, subset=subset_reasons(run),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["overall"] = self.overall.to_dict()
-        d["years"] = {k: a.to_dict() for k, a in self.years.items()}
-        d["groups"] = {k: a.to_dict() for k, a in self.groups.items()}
-        return d
-
 
 def subset_reasons(run: Run) -> tuple[str, ...]:
     """Why a run does not cover whole exams (filters other than years, an unfinished run); empty when it does."""
@@ -70,7 +63,7 @@ def subset_reasons(run: Run) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Report:
+class Report(Serializable):
     """Everything `medjp report` shows. ``baseline`` is the label the ``comparisons`` are made against."""
 
     runs: tuple[RunRow, ...]
@@ -84,14 +77,6 @@ class Report:
 
     def comparison(self, label: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.run == label), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "by": self.by, "baseline": self.baseline, "alpha": self.alpha,
-            "runs": [r.to_dict() for r in self.runs], "comparisons": [c.to_dict() for c in self.comparisons],
-            "verdicts": [v.to_dict() for v in self.verdicts], "searches": [s.to_dict() for s in self.searches],
-            "diff": self.diff.to_dict() if self.diff else None,
-        }
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One flat row per run with raw numbers: overall figures, accuracy and verdict per year, the comparison."""
@@ -150,18 +135,20 @@ def build_report(runs: Sequence[Run], *, baseline: Run | None = None, by: GroupB
     runs = list(runs)
     if baseline is None and runs:
         baseline = runs[0]
-    if baseline is not None and baseline.path not in {run.path for run in runs}:
+    paths = [run.path.resolve() for run in runs]
+    if baseline is not None and baseline.path.resolve() not in paths:
         runs.insert(0, baseline)
+        paths.insert(0, baseline.path.resolve())
     labels = unique_labels(runs)
-    base_label = labels[[run.path for run in runs].index(baseline.path)] if baseline is not None else None
+    base_label = labels[paths.index(baseline.path.resolve())] if baseline is not None else None
     others = [(run, label) for run, label in zip(runs, labels) if label != base_label]
     comparisons = compare_runs(baseline, [r for r, _ in others], labels=[label for _, label in others],
                                baseline_label=base_label, alpha=alpha, confidence=confidence, n_boot=n_boot,
                                seed=seed) if baseline is not None else ()
+    rows = tuple(RunRow.of(run, label, by) for run, label in zip(runs, labels))
     return Report(
-        runs=tuple(RunRow.of(run, label, by) for run, label in zip(runs, labels)), by=by, baseline=base_label,
-        comparisons=comparisons,
-        verdicts=tuple(v for run, label in zip(runs, labels)
-                       for v in exam_verdicts(run.results, run=label, subset=subset_reasons(run))),
+        runs=rows, by=by, baseline=base_label, comparisons=comparisons,
+        verdicts=tuple(v for run, row in zip(runs, rows)
+                       for v in exam_verdicts(run.results, run=row.label, subset=row.subset)),
         searches=tuple(searches), diff=diff, alpha=alpha,
     )

@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from medjp_agent.results import Run
 
+from .serialize import Serializable
 from .stats import holm, mcnemar_exact, paired_bootstrap_ci
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Serializable):
     """One run against the baseline on the questions both answered.
 
     ``lost`` and ``gained`` are McNemar's discordant counts (baseline right and run wrong; the reverse). ``p_holm`` is
@@ -35,9 +35,6 @@ class Comparison:
     p_value: float
     p_holm: float
     significant: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def paired_outcomes(first: Run, second: Run) -> tuple[list[bool], list[bool]]:

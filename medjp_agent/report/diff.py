@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
 from medjp_agent.results import Run
 from medjp_agent.scoring import QuestionResult
 
+from .serialize import Serializable
+
 
 @dataclass(frozen=True)
-class Side:
+class Side(Serializable):
     """One run's answer to a flipped question: what it parsed, or why it could not, and its reasoning."""
 
     answer: tuple[str, ...]
@@ -33,7 +33,7 @@ class Side:
 
 
 @dataclass(frozen=True)
-class Flip:
+class Flip(Serializable):
     """A question the two runs disagree on in correctness; ``gained`` when the second run is the one right."""
 
     id: str
@@ -47,12 +47,9 @@ class Flip:
     def gained(self) -> bool:
         return self.second.correct
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "gained": self.gained}
-
 
 @dataclass(frozen=True)
-class RunDiff:
+class RunDiff(Serializable):
     """The flips between ``first`` and ``second`` (run labels) over the questions both answered."""
 
     first: str
@@ -68,9 +65,6 @@ class RunDiff:
     @property
     def lost(self) -> int:
         return len(self.flips) - self.gained
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "gained": self.gained, "lost": self.lost}
 
 
 def diff_runs(first: Run, second: Run, *, categories: Collection[str] = ()) -> RunDiff:

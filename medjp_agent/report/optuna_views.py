@@ -7,13 +7,14 @@ accuracy as their value. Everything here reads the study through ``optuna.load_s
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medjp_agent.results import RunManifest
+
+from .serialize import Serializable
 
 if TYPE_CHECKING:
     import optuna
@@ -23,7 +24,7 @@ _SQLITE = "sqlite:///"
 
 
 @dataclass(frozen=True)
-class AxisValue:
+class AxisValue(Serializable):
     """Trials that used ``value`` for the format axis ``param``: how many, their mean and best objective."""
 
     param: str
@@ -34,7 +35,7 @@ class AxisValue:
 
 
 @dataclass(frozen=True)
-class SearchView:
+class SearchView(Serializable):
     """A search run's study, summarised for tables and plots.
 
     ``importances`` are fANOVA importances (share of the objective's variance each axis explains, summing to 1);
@@ -52,9 +53,6 @@ class SearchView:
     best_so_far: tuple[tuple[int, float, float], ...]
     axes: tuple[AxisValue, ...]
     best_format: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def storage_url(run_dir: Path, manifest: RunManifest) -> str:

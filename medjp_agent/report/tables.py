@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.table import Table
+from rich.text import Text
 
 from .build import Report
 from .diff import RunDiff
@@ -36,11 +37,13 @@ class ReportTable:
         return self.styles[i] if i < len(self.styles) else ""
 
     def __rich__(self) -> Table:
-        table = Table(title=self.title, caption=self.caption or None)
+        # Cells are Text, not markup: reasoning and labels may hold brackets such as "[a]".
+        table = Table(title=Text(self.title, style="table.title"),
+                      caption=Text(self.caption, style="table.caption") if self.caption else None)
         for j, name in enumerate(self.columns):
-            table.add_column(name, justify="right" if j in self.numeric else "left", overflow="fold")
+            table.add_column(Text(name), justify="right" if j in self.numeric else "left", overflow="fold")
         for i, row in enumerate(self.rows):
-            table.add_row(*row, style=self._style(i) or None)
+            table.add_row(*map(Text, row), style=self._style(i) or None)
         return table
 
     def to_markdown(self) -> str:
@@ -86,8 +89,10 @@ def _shown(value: object) -> str:
 def runs_table(report: Report) -> ReportTable:
     """One row per run: what ran, accuracy, points, accuracy per year, usage, and Δ vs the baseline with its CI."""
     years = sorted({y for r in report.runs for y in r.years})
-    columns = ("run", "model", "adapter", "format", "optimizer", "n", "accuracy", "points", *years, "禁忌肢",
-               "parse fail", "LM calls", "tokens", f"Δ vs {report.baseline} [CI]")
+    # Identity columns no run fills (e.g. adapter and optimizer for scored predictions) would only take width.
+    identity = [f for f in ("model", "adapter", "format", "optimizer") if any(getattr(r, f) for r in report.runs)]
+    columns = ("run", *identity, "n", "accuracy", "points", *years, "禁忌肢", "parse fail", "LM calls", "tokens",
+               f"Δ vs {report.baseline} [CI]")
     rows, styles = [], []
     for r in report.runs:
         c = report.comparison(r.label)
@@ -98,13 +103,13 @@ def runs_table(report: Report) -> ReportTable:
         else:
             delta = f"{pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}]{' *' if c.significant else ''}"
         o = r.overall
-        rows.append((r.label, r.model or DASH, r.adapter or DASH, r.format or DASH, r.optimizer or DASH, str(o.n),
-                     pct(o.accuracy), f"{o.points}/{o.points_possible}",
+        rows.append((r.label, *(getattr(r, f) or DASH for f in identity), str(o.n), pct(o.accuracy),
+                     f"{o.points}/{o.points_possible}",
                      *(pct(r.years[y].accuracy) if y in r.years else DASH for y in years),
                      str(o.forbidden_picked), str(o.parse_failures), f"{r.lm_calls:,}",
                      f"{r.prompt_tokens + r.completion_tokens:,}", delta))
         styles.append("bold" if r.label == report.baseline else "green" if c and c.significant else "")
-    numeric = frozenset(range(5, len(columns)))
+    numeric = frozenset(range(1 + len(identity), len(columns)))
     caption = (f"Δ in accuracy points, paired bootstrap {report.comparisons[0].confidence:.0%} CI; "
                f"* survives Holm-adjusted exact McNemar at α={report.alpha}") if report.comparisons else ""
     return ReportTable("Runs", columns, tuple(rows), numeric, tuple(styles), caption)
@@ -117,8 +122,8 @@ def comparisons_table(report: Report) -> ReportTable:
     rows = tuple((c.run, str(c.n), pct(c.baseline_accuracy), pct(c.run_accuracy), pts(c.delta),
                   f"[{pts(c.ci_low)}, {pts(c.ci_high)}]", str(c.lost), str(c.gained), pvalue(c.p_value),
                   pvalue(c.p_holm), "yes" if c.significant else "no") for c in report.comparisons)
-    caption = (f"vs {report.baseline}: exact McNemar on the {len(rows)} comparisons, Holm-adjusted at "
-               f"α={report.alpha}; lost = baseline right and run wrong, gained = the reverse")
+    caption = (f"exact McNemar, Holm-adjusted over {len(rows)} comparison{'s' if len(rows) > 1 else ''} at "
+               f"α={report.alpha}; lost = {report.baseline} right and run wrong, gained = the reverse")
     return ReportTable(f"Paired comparisons vs {report.baseline}", columns, rows, frozenset(range(1, 10)),
                        tuple("green" if c.significant else "" for c in report.comparisons), caption)
 

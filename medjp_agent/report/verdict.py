@@ -24,22 +24,24 @@ A year without a known cut-off (such as the bundled 2025 sample exam) gets the s
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Literal
 
 from medjp_agent.scoring import QuestionResult
+
+from .serialize import Serializable
 
 Status = Literal["pass", "fail", "undetermined", "no cut-off known"]
 CUTOFFS_FILE = "cutoffs.yaml"
 
 
 @dataclass(frozen=True)
-class Cutoff:
+class Cutoff(Serializable):
     """One exam's official pass criteria; ``required``/``total`` pairs are points."""
 
     year: int
@@ -54,12 +56,12 @@ class Cutoff:
 
 
 @functools.cache
-def load_cutoffs() -> dict[int, Cutoff]:
-    """The shipped cut-offs (``cutoffs.yaml``), keyed by the exam's calendar year."""
+def load_cutoffs() -> Mapping[int, Cutoff]:
+    """The shipped cut-offs (``cutoffs.yaml``), keyed by the exam's calendar year (read once, read-only)."""
     import yaml
 
     text = resources.files(__package__).joinpath(CUTOFFS_FILE).read_text(encoding="utf-8")
-    return {
+    return MappingProxyType({
         int(year): Cutoff(
             year=int(year), exam=int(e["exam"]), source=str(e["source"]),
             compulsory_blocks=tuple(e["compulsory_blocks"]),
@@ -68,11 +70,11 @@ def load_cutoffs() -> dict[int, Cutoff]:
             general_total=int(e["general_clinical"]["total"]), forbidden_max=int(e["forbidden_max"]),
         )
         for year, e in yaml.safe_load(text).items()
-    }
+    })
 
 
 @dataclass(frozen=True)
-class Criterion:
+class Criterion(Serializable):
     """A points criterion as applied to a run: ``required`` is the official cut-off scaled to ``possible``.
 
     ``passed`` is None when the run holds no scored question of this part, so it cannot be judged.
@@ -92,12 +94,9 @@ class Criterion:
     def scaled(self) -> bool:
         return self.possible != self.official_total
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "passed": self.passed}
-
 
 @dataclass(frozen=True)
-class YearVerdict:
+class YearVerdict(Serializable):
     """The verdict on one year's exam for one run, with the figures behind it and why it may be approximate."""
 
     run: str
@@ -111,12 +110,6 @@ class YearVerdict:
     forbidden_max: int | None = None
     notes: tuple[str, ...] = ()
     source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["compulsory"] = self.compulsory.to_dict() if self.compulsory else None
-        d["general"] = self.general.to_dict() if self.general else None
-        return d
 
 
 def _block(section: str) -> str:
@@ -151,7 +144,7 @@ def year_verdict(results: Sequence[QuestionResult], cutoff: Cutoff | None, *, ru
     general = _criterion([r for r, c in zip(results, is_compulsory) if not c],
                          cutoff.general_required, cutoff.general_total)
     notes = list(subset)
-    notes += [f"{name} points {c.possible} ≠ official {c.official_total}: cut-off scaled to {c.required:.1f}"
+    notes += [f"{name}: {c.possible} of {c.official_total} points present, cut-off scaled to {c.required:.1f}"
               for name, c in (("必修", compulsory), ("一般+臨床", general)) if c.scaled]
     return YearVerdict(
         run=run, year=year, exam=cutoff.exam, status=_status(compulsory, general, forbidden <= cutoff.forbidden_max),
