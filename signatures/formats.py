@@ -225,14 +225,20 @@ NAMED_FORMATS: dict[str, PromptFormat] = {
 PAPER_FORMATS = ("paper-instruction-in-header", "paper-instruction-preamble")
 
 
-def load_formats(path: str | Path) -> dict[str, PromptFormat]:
-    """Read named formats from YAML or JSON: a mapping ``name -> fields`` or a list of field mappings with ``name``."""
+def read_config(path: str | Path) -> Any:
+    """The data in a ``.json`` file, or in YAML (any other suffix); a syntax error names the file."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {e}") from None
+
+
+def load_formats(path: str | Path) -> dict[str, PromptFormat]:
+    """Read named formats from YAML or JSON: a mapping ``name -> fields`` or a list of field mappings with ``name``."""
+    path = Path(path)
+    raw = read_config(path)
     items = raw.items() if isinstance(raw, dict) else [(d.get("name"), d) for d in raw or []]
     out: dict[str, PromptFormat] = {}
     for name, fields in items:

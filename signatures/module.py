@@ -27,6 +27,8 @@ from .formats import NAMED_FORMATS, PromptFormat, resolve_format
 from .signature import signature_for
 
 DEFAULT_FORMAT = "paper-instruction-in-header"
+# Module-level, not an attribute: optimizers deepcopy programs, and a lock cannot be copied. Preparing demos is rare.
+_PREPARE_LOCK = threading.Lock()
 
 
 def default_pool() -> list[dict[str, Any]]:
@@ -62,7 +64,6 @@ class MedicalQA(dspy.Module):
         self._pool = list(default_pool() if demo_pool is None else demo_pool)
         self._embedder = embedder
         self._cot_ready = not self.format.self_generated_cot
-        self._lock = threading.Lock()
         self.cot = dspy.ChainOfThought(signature_for(self.format.task_instruction(), self.format.marker))
         self._selector = DemoSelector(self.format, self._pool, embedder, seed)
         if self._selector.fixed:
@@ -74,7 +75,7 @@ class MedicalQA(dspy.Module):
 
     # -- Medprompt's self-generated chains of thought ------------------------------------------------------------
     def _ensure_self_generated_cot(self) -> None:
-        with self._lock:
+        with _PREPARE_LOCK:
             if self._cot_ready:
                 return
             zero_shot = MedicalQA(self.format.replace(shots=0, ensemble=1, self_consistency=1,

@@ -12,7 +12,7 @@ import pytest
 from medjp_agent.data import LABELS, Question, load_dataset
 from medjp_agent.lm.options import RAW_PROMPT
 from medjp_agent.signatures import (
-    NAMED_FORMATS, PAPER_FORMATS, FormatAdapter, MedicalMCQ, MedicalQA, PromptFormat, Renderer, load_formats,
+    NAMED_FORMATS, PAPER_FORMATS, MedicalMCQ, MedicalQA, PromptFormat, Renderer, load_formats,
     resolve_format,
 )
 

@@ -7,7 +7,7 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
@@ -51,20 +51,31 @@ def _lm_options(values: dict[str, Any]) -> LMOptions:
     )
 
 
-def with_lm_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command every LM flag; the function receives them packed as ``lm: LMOptions``."""
+def _extend(func: Callable[..., Any], extra: dict[str, tuple[Any, Any]], pack: Callable[[dict[str, Any]], dict[str, Any]]
+            ) -> Callable[..., Any]:
+    """Add ``extra`` keyword flags to a typer command; ``pack`` turns their values into the command's keywords.
+
+    Annotations are resolved (``get_type_hints``), so typer sees the ``Annotated`` options even in modules that use
+    postponed annotations.
+    """
+    hints = get_type_hints(func, include_extras=True)
     sig = inspect.signature(func)
-    params = [p for p in sig.parameters.values() if p.name != "lm"]
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
-               for name, (ann, default) in _LM_PARAMS.items()]
+    packed = set(pack({name: default for name, (_, default) in extra.items()}))
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name not in packed]
+    params = own + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+                    for name, (ann, default) in extra.items()]
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        lm_values = {name: kwargs.pop(name) for name in _LM_PARAMS}
-        return func(lm=_lm_options(lm_values), **kwargs)
+        return func(**pack({name: kwargs.pop(name) for name in extra}), **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper
+
+
+def with_lm_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command every LM flag; the function receives them packed as ``lm: LMOptions``."""
+    return _extend(func, _LM_PARAMS, lambda values: {"lm": _lm_options(values)})
 
 
 DataOpt = Annotated[str, typer.Option("--data", help="IgakuQA folder, a JSONL/CSV file, or 'sample' (the bundled exam).")]
@@ -77,6 +88,20 @@ ChoicesOpt = Annotated[list[int] | None, typer.Option("--n-choices", help="Keep 
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N selected questions.")]
 LenientOpt = Annotated[bool, typer.Option("--lenient", help="Skip bad input records with a counted warning instead of stopping.")]
 ColumnsOpt = Annotated[list[str] | None, typer.Option("--column", help="FIELD=COLUMN mapping for a generic JSONL/CSV file (repeatable).")]
+
+#: Data-selection flags: flag parameter -> (``load_questions`` keyword, annotation, default).
+_SELECTION: dict[str, tuple[str, Any, Any]] = {
+    "year": ("years", YearsOpt, None), "section": ("sections", SectionsOpt, None),
+    "text_only": ("text_only", TextOnlyOpt, False), "qtype": ("qtypes", QTypeOpt, None),
+    "n_choices": ("n_choices", ChoicesOpt, None), "limit": ("limit", LimitOpt, None),
+    "column": ("columns", ColumnsOpt, None), "lenient": ("lenient", LenientOpt, False),
+}
+
+
+def with_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the data-selection flags; it receives them as ``selection``, keywords of ``load_questions``."""
+    extra = {name: (ann, default) for name, (_, ann, default) in _SELECTION.items()}
+    return _extend(func, extra, lambda values: {"selection": {_SELECTION[k][0]: v for k, v in values.items()}})
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -2,7 +2,8 @@
 
 A `medjp search` run folder stores its Optuna study (``study.db`` by default) and names it in the manifest's
 ``extra`` (``storage``: an RDB URL, ``study``: the study name). Trials carry the format axes as params and the dev
-accuracy as their value. Everything here reads the study through ``optuna.load_study``, so any storage works.
+accuracy as their value. Everything here reads the study through ``optuna.load_study`` on the search's own storage opener, so SQLite, any RDB
+and journal files work.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from .serialize import Serializable
 if TYPE_CHECKING:
     import optuna
 
-STUDY_DB = "study.db"
-_SQLITE = "sqlite:///"
 
 
 @dataclass(frozen=True)
@@ -55,14 +54,6 @@ class SearchView(Serializable):
     best_format: dict[str, Any]
 
 
-def storage_url(run_dir: Path, manifest: RunManifest) -> str:
-    """The study's storage URL; a moved run folder falls back to the ``study.db`` it carries."""
-    url = str(manifest.extra.get("storage") or "")
-    local = run_dir / STUDY_DB
-    stale = not url or (url.startswith(_SQLITE) and not Path(url.removeprefix(_SQLITE)).exists())
-    return f"{_SQLITE}{local}" if stale and local.exists() else url
-
-
 def summarise_study(study: "optuna.Study", run: str = "") -> SearchView:
     """Importances, best-so-far curve and per-axis-value statistics of a single-objective study."""
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
@@ -89,7 +80,9 @@ def summarise_study(study: "optuna.Study", run: str = "") -> SearchView:
     best_trial = study.best_trial if trials else None
     return SearchView(
         run=run, study=study.study_name, direction="maximize" if maximize else "minimize", n_complete=len(trials),
-        n_pruned=len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))), importances=importances,
+        # medjp's search returns a pruned trial's partial mean (so TPE learns from it): it is COMPLETE, marked.
+        n_pruned=sum(bool(t.user_attrs.get("pruned")) for t in trials)
+        + len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))), importances=importances,
         best_so_far=tuple(curve), axes=tuple(axes),
         best_format=dict(best_trial.user_attrs.get("format") or best_trial.params) if best_trial else {},
     )
@@ -104,5 +97,8 @@ def load_search_view(run_dir: Path, manifest: RunManifest, run: str = "") -> Sea
         return None
     import optuna
 
-    study = optuna.load_study(study_name=str(manifest.extra["study"]), storage=storage_url(run_dir, manifest))
+    from medjp_agent.optimizers import open_storage, search_storage_url
+
+    url = search_storage_url(run_dir, str(manifest.extra.get("storage") or ""))
+    study = optuna.load_study(study_name=str(manifest.extra["study"]), storage=open_storage(url))
     return summarise_study(study, run or manifest.name or run_dir.name)

@@ -1,0 +1,224 @@
+"""The live view of `medjp search`: small rich renderables over a snapshot of the search, composed in a Live.
+
+:class:`SearchMonitor` receives progress from the search (it is a ``SearchObserver``) and hands out immutable
+:class:`SearchSnapshot` s; every renderable draws one snapshot, so each can be tested by rendering it to a
+``Console(record=True)``. :class:`LogObserver` is the ``--no-tui`` alternative: one log line per finished trial.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from medjp_agent.optimizers.objective import TrialOutcome
+from medjp_agent.optimizers.workers import Budget
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    number: int
+    name: str
+    answered: int
+    total: int
+    mean: float
+
+
+@dataclass(frozen=True)
+class SearchSnapshot:
+    """The search at one moment: trials in flight, finished trials (this run's and earlier runs'), the budget.
+
+    ``finished_here`` counts trials this run finished, which set the pace for the ETA.
+    """
+
+    running: tuple[RunningTrial, ...]
+    outcomes: tuple[TrialOutcome, ...]
+    budget: Budget
+    elapsed_s: float
+    finished_here: int = 0
+    axes: tuple[str, ...] = ()
+
+    @property
+    def full(self) -> list[TrialOutcome]:
+        return [o for o in self.outcomes if not o.pruned]
+
+    @property
+    def best(self) -> TrialOutcome | None:
+        return max(self.full, key=lambda o: (o.value, -o.number), default=None)
+
+    @property
+    def references(self) -> list[TrialOutcome]:
+        return [o for o in self.full if o.reference]
+
+    @property
+    def lm_calls(self) -> int:
+        return sum(o.lm_calls for o in self.outcomes)
+
+    @property
+    def lm_calls_saved(self) -> int:
+        return sum(o.lm_calls_saved for o in self.outcomes)
+
+    def eta_s(self) -> float | None:
+        """Seconds until the first budget runs out, at this run's pace; None when nothing bounds the search yet."""
+        if not self.finished_here or self.elapsed_s <= 0:
+            return None
+        etas = []
+        if self.budget.n_trials is not None:
+            etas.append(max(0, self.budget.n_trials - len(self.outcomes)) * self.elapsed_s / self.finished_here)
+        if self.budget.timeout_s is not None:
+            etas.append(max(0.0, self.budget.timeout_s - self.elapsed_s))
+        if self.budget.max_lm_calls is not None and self.lm_calls:
+            here = sum(o.lm_calls for o in self.outcomes[-self.finished_here:])
+            etas.append(max(0, self.budget.max_lm_calls - self.lm_calls) * self.elapsed_s / max(1, here))
+        return min(etas) if etas else None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, s = divmod(int(round(seconds)), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
+
+
+def _value(v: Any) -> str:
+    return repr(v) if isinstance(v, str) and (not v or v != v.strip() or "\n" in v) else str(v)
+
+
+@dataclass(frozen=True)
+class CurrentTrials:
+    """Trials in flight: number, format, questions answered, running mean score."""
+
+    snapshot: SearchSnapshot
+
+    def __rich__(self) -> RenderableType:
+        table = Table(title="running", title_justify="left", expand=True)
+        for name, justify in (("#", "right"), ("format", "left"), ("answered", "right"), ("score", "right")):
+            table.add_column(name, justify=justify)
+        for t in self.snapshot.running:
+            table.add_row(str(t.number), t.name, f"{t.answered}/{t.total}", f"{t.mean:.3f}")
+        if not self.snapshot.running:
+            table.add_row("", "[dim]waiting[/]", "", "")
+        return table
+
+
+@dataclass(frozen=True)
+class BestPanel:
+    """Best format so far against the reference (paper) formats, on the dev split."""
+
+    snapshot: SearchSnapshot
+
+    def __rich__(self) -> RenderableType:
+        best = self.snapshot.best
+        if best is None:
+            return Panel(Text("no trial finished yet", style="dim"), title="best so far", title_align="left")
+        lines = Text()
+        lines.append(f"{best.name}  ", style="bold")
+        lines.append(f"accuracy {best.accuracy:.1%}  score {best.value:.3f}  (trial {best.number})\n")
+        for ref in self.snapshot.references:
+            delta = best.accuracy - ref.accuracy
+            lines.append(f"vs {ref.reference}: {ref.accuracy:.1%}  ")
+            lines.append(f"{delta:+.1%}\n", style="green" if delta > 0 else "red" if delta < 0 else "")
+        return Panel(lines, title="best so far", title_align="left")
+
+
+@dataclass(frozen=True)
+class TopTrials:
+    """The ``k`` best finished trials, with the searched axes' values."""
+
+    snapshot: SearchSnapshot
+    k: int = 8
+
+    def __rich__(self) -> RenderableType:
+        table = Table(title=f"top {self.k} trials", title_justify="left", expand=True)
+        for name, justify in (("#", "right"), ("score", "right"), ("accuracy", "right"), ("answered", "right"),
+                              ("", "left"), ("format", "left")):
+            table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=name == "format")
+        ranked = sorted(self.snapshot.outcomes, key=lambda o: (-o.value, o.number))[: self.k]
+        for o in ranked:
+            axes = " · ".join(_value(o.format.get(a)) for a in self.snapshot.axes)
+            mark = "pruned" if o.pruned else o.reference
+            table.add_row(str(o.number), f"{o.value:.3f}", f"{o.accuracy:.1%}", f"{o.answered}/{o.n_questions}",
+                          mark, o.name if o.reference else axes, style="dim" if o.pruned else None)
+        return table
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    """Trials done, pruned, LM calls used and saved by pruning, elapsed time and ETA."""
+
+    snapshot: SearchSnapshot
+
+    def __rich__(self) -> RenderableType:
+        s = self.snapshot
+        total = f"/{s.budget.n_trials}" if s.budget.n_trials is not None else ""
+        used, saved = s.lm_calls, s.lm_calls_saved
+        share = f" ({saved / (used + saved):.0%})" if used + saved else ""
+        calls = f"{used:,}" + (f"/{s.budget.max_lm_calls:,}" if s.budget.max_lm_calls is not None else "")
+        return Text(f"trials {len(s.outcomes)}{total} · pruned {sum(o.pruned for o in s.outcomes)} · LM calls {calls} "
+                    f"· saved {saved:,}{share} · elapsed {_duration(s.elapsed_s)} · ETA {_duration(s.eta_s())}")
+
+
+def dashboard(snapshot: SearchSnapshot) -> RenderableType:
+    """The whole live layout."""
+    return Group(BudgetLine(snapshot), BestPanel(snapshot), CurrentTrials(snapshot), TopTrials(snapshot))
+
+
+@dataclass
+class SearchMonitor:
+    """Collects progress from the search threads; :meth:`snapshot` is safe to call from any thread."""
+
+    budget: Budget
+    axes: Sequence[str] = ()
+    previous: Iterable[TrialOutcome] = ()
+    _running: dict[int, RunningTrial] = field(default_factory=dict, init=False)
+    _outcomes: list[TrialOutcome] = field(default_factory=list, init=False)
+    _finished_here: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._outcomes = sorted(self.previous, key=lambda o: o.number)
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+
+    def question_done(self, trial_number: int, name: str, answered: int, total: int, mean: float) -> None:
+        with self._lock:
+            self._running[trial_number] = RunningTrial(trial_number, name, answered, total, mean)
+
+    def trial_done(self, outcome: TrialOutcome) -> None:
+        with self._lock:
+            self._running.pop(outcome.number, None)
+            self._outcomes.append(outcome)
+            self._finished_here += 1
+
+    def snapshot(self) -> SearchSnapshot:
+        with self._lock:
+            return SearchSnapshot(tuple(self._running.values()), tuple(self._outcomes), self.budget,
+                                  time.monotonic() - self._start, self._finished_here, tuple(self.axes))
+
+    def live(self, console: Console) -> Live:
+        """A rich Live that redraws the dashboard from fresh snapshots."""
+        return Live(console=console, refresh_per_second=4, transient=False,
+                    get_renderable=lambda: dashboard(self.snapshot()))
+
+
+@dataclass
+class LogObserver:
+    """``--no-tui``: a log line per finished trial, nothing per question."""
+
+    console: Console
+
+    def question_done(self, trial_number: int, name: str, answered: int, total: int, mean: float) -> None:
+        return None
+
+    def trial_done(self, outcome: TrialOutcome) -> None:
+        state = f"pruned after {outcome.answered}/{outcome.n_questions}" if outcome.pruned else "complete"
+        self.console.log(f"trial {outcome.number} {outcome.name}: score {outcome.value:.3f}, accuracy "
+                         f"{outcome.accuracy:.1%}, {state}, {outcome.lm_calls} LM calls", highlight=False)

@@ -1,0 +1,92 @@
+"""The end of a search or an optimization: the winner and its baselines on the held-out test split.
+
+Each program is evaluated into an ordinary run folder (``<out>/test/<name>``, written by
+:func:`medjp_agent.runs.evaluate_run`), so `medjp report` compares them like any runs, and a killed evaluation
+resumes question by question. The winner is also saved at the top of ``<out>`` as a DSPy program
+(``best_program.json``, loadable with ``MedicalQA(...).load``) and as a format file (``best_format.yaml``, usable
+with ``--format``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+import yaml
+from rich.console import Console
+
+from medjp_agent.data import Question
+from medjp_agent.runs import evaluate_run
+from medjp_agent.signatures import MedicalQA, PromptFormat
+
+TEST_DIR = "test"
+BEST_PROGRAM, BEST_FORMAT = "best_program.json", "best_format.yaml"
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A program to evaluate on test; ``optimizer`` names the DSPy optimizer that made it (empty: none)."""
+
+    name: str
+    program: MedicalQA
+    optimizer: str = ""
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """One finalist's held-out result and where its run folder is."""
+
+    name: str
+    run_dir: str
+    accuracy: float
+    n_questions: int
+    points: int
+    points_possible: int
+    format: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def evaluate_finalists(finalists: Sequence[Finalist], questions: Sequence[Question], lm: dspy.BaseLM, out: Path, *,
+                       kind: str, data: str = "", filters: Mapping[str, Any] | None = None, threads: int = 8,
+                       console: Console | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, TestRun]:
+    """Evaluate every finalist on ``questions`` into ``out/test/<name>``; returns the results by name."""
+    runs = {}
+    for finalist in finalists:
+        summary, run_dir = evaluate_run(
+            list(questions), finalist.program.format, lm, out=out / TEST_DIR / finalist.name, data=data,
+            filters=dict(filters or {}), threads=threads, console=console, program=finalist.program, kind=kind,
+            optimizer=finalist.optimizer, extra=dict(extra or {}),
+        )
+        overall = summary.overall
+        runs[finalist.name] = TestRun(finalist.name, str(run_dir), summary.accuracy, summary.n_questions,
+                                      int(overall["points"]), int(overall["points_possible"]),
+                                      finalist.program.format.to_dict())
+    return runs
+
+
+def save_best(program: MedicalQA, out: Path) -> None:
+    """``best_program.json`` (DSPy ``save``) and ``best_format.yaml`` (one named format) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    program.save(str(out / BEST_PROGRAM))
+    fmt = program.format
+    (out / BEST_FORMAT).write_text(yaml.safe_dump({fmt.name: fmt.to_dict()}, allow_unicode=True, sort_keys=False),
+                                   encoding="utf-8")
+
+
+def finish_search(best: PromptFormat, references: Sequence[str], questions: Sequence[Question], lm: dspy.BaseLM,
+                  out: Path, *, demo_pool: Sequence[dict[str, Any]], seed: int = 0, **kwargs: Any) -> dict[str, TestRun]:
+    """A search's end: its best format (``test/best``) and the references (``test/<name>``) on the test split."""
+    def program(fmt: str | PromptFormat) -> MedicalQA:
+        return MedicalQA(fmt, demo_pool=demo_pool, seed=seed)
+
+    winner = program(best)
+    finalists = [Finalist("best", winner), *(Finalist(name, program(name)) for name in references)]
+    runs = evaluate_finalists(finalists, questions, lm, out, kind="search-test", **kwargs)
+    save_best(winner, out)
+    return runs
