@@ -13,8 +13,10 @@ from medjp_agent.scoring import QuestionResult
 
 
 class _RateColumn(ProgressColumn):
+    # Over the whole run, not rich's short window: a batched backend finishes questions in bursts.
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        done = task.completed - task.fields.get("resumed", 0)
+        speed = done / task.elapsed if task.elapsed and done else None
         return Text(f"{speed:.2f} q/s" if speed else "– q/s", style="progress.data.speed")
 
 
@@ -32,7 +34,7 @@ class RunProgress:
                                  _RateColumn(), TimeRemainingColumn(), _AccuracyColumn(), **kw)
         done = list(done)
         self.answered, self.correct = len(done), sum(r.correct for r in done)
-        self.task = self.progress.add_task(description, total=total, completed=len(done),
+        self.task = self.progress.add_task(description, total=total, completed=len(done), resumed=len(done),
                                            answered=self.answered, correct=self.correct)
 
     def __enter__(self) -> "RunProgress":

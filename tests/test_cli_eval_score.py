@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rich.console import Console
+
 from medjp_agent.cli import app
+from medjp_agent.data import load_dataset
 from medjp_agent.results import read_run
+from medjp_agent.scoring import Extraction, QuestionResult
+from medjp_agent.views import RunProgress
 
 runner = CliRunner()
 
@@ -158,3 +163,17 @@ def test_help_imports_no_heavy_libraries():
             "if m in sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_progress_rate_counts_only_this_run():
+    q = load_dataset("sample").questions[0]
+    done = QuestionResult.scored(q, Extraction(q.answers))
+    console = Console(record=True, width=120, force_terminal=False)
+    progress = RunProgress(4, [done], console=console)
+    progress.progress.tasks[0].start_time -= 2.0  # two seconds into the run
+    progress.update(done)
+    progress.update(done)
+    text = progress.progress.make_tasks_table(progress.progress.tasks)
+    console.print(text)
+    out = console.export_text()
+    assert "1.00 q/s" in out and "acc 100.0% (3/3)" in out and "3/4" in out

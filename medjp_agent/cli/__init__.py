@@ -7,6 +7,7 @@ transformers when they run.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -23,4 +24,8 @@ for _module in ("eval_cmd", "score_cmd", "report_cmd", "search_cmd", "train_cmd"
 
 
 def main() -> None:
+    from medjp_agent.lm.tiny import medjp_home
+
+    # DSPy reads this when first imported; its default is a folder in the home directory.
+    os.environ.setdefault("DSPY_CACHEDIR", str(medjp_home() / "dspy"))
     app()
