@@ -1,0 +1,97 @@
+"""Training rows are the evaluation's own prompt text plus exactly what its parser expects, and only the completion
+carries loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from medjp_agent.signatures import MedicalQA, Renderer, resolve_format
+from medjp_agent.training.config import TrainConfig
+from medjp_agent.training.data import build_training_data, load_training_questions
+
+from medjp_agent.data import load_medqa
+
+MEMO = Path(__file__).with_name("test_train_memo.jsonl")
+
+
+def rows(**changes) -> tuple:
+    cfg = TrainConfig(data=str(MEMO), validation_fraction=0.0, **changes)
+    return build_training_data(cfg, load_training_questions(cfg)).train
+
+
+def test_prompt_is_the_evaluation_prompt_and_completion_its_expected_answer():
+    q = load_medqa(MEMO).questions[1]
+    qa = MedicalQA("paper-instruction-in-header", demo_pool=[])
+    eval_prompt = qa.adapter.format(qa.cot.predict.signature, [], {"question": q.text, "choices": list(q.choices)})
+    row = rows()[1]
+    assert row["prompt"] == eval_prompt[0]["content"]
+    assert row["prompt"].endswith("### 応答：\n")
+    assert row["completion"] == "骨折である。\n答え：b"
+    parsed = qa.adapter.parse(qa.cot.predict.signature, row["completion"])
+    assert (parsed["answer"], parsed["reasoning"]) == ("b", "骨折である。")
+
+
+def test_direct_format_does_not_repeat_the_marker_the_prompt_ends_with():
+    row = rows(format="plain-ja-direct")[0]
+    assert row["prompt"].endswith("答え：") and row["completion"] == "a"
+
+
+@pytest.mark.parametrize("fmt, expected", [
+    ("json-ja-cot", '{"answer": ["a"]}'), ("xml-ja-cot", "答え：a\n</response>"),
+    ("paper-instruction-preamble", "答え：a"),
+])
+def test_answer_only_target(fmt: str, expected: str):
+    assert rows(format=fmt, target="answer")[0]["completion"] == expected
+
+
+def test_chat_format_gives_conversational_rows():
+    row = rows(format="chat-ja-cot")[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert row["completion"] == [{"role": "assistant", "content": "感染で熱が出る。\n答え：a"}]
+
+
+def test_format_shots_put_the_formats_demos_in_the_prompt():
+    fmt = resolve_format("paper-instruction-in-header")
+    pool_demo = MedicalQA(fmt).cot.predict.demos[0]
+    zero, one = rows()[0]["prompt"], rows(shots=(-1,))[0]["prompt"]
+    assert pool_demo["question"] not in zero and pool_demo["question"] in one
+    assert one.endswith(zero.split(Renderer(fmt).preamble(chat=False))[1])
+    both = rows(shots=(0, -1))
+    assert [r["prompt"] for r in both[:2]] == [zero, one] and len(both) == 2 * len(rows())
+
+
+def test_split_is_disjoint_and_the_fingerprint_follows_the_rendered_text():
+    def data(**changes):
+        cfg = TrainConfig(data=str(MEMO), validation_fraction=0.5, **changes)
+        return build_training_data(cfg, load_training_questions(cfg))
+
+    base = data()
+    assert len(base.train) == len(base.validation) == 2
+    assert not {r["prompt"] for r in base.train} & {r["prompt"] for r in base.validation}
+    assert data().fingerprint == base.fingerprint
+    assert len({base.fingerprint, data(target="answer").fingerprint, data(format="plain-ja-cot").fingerprint,
+                data(split_seed=1).fingerprint}) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["paper-instruction-in-header", "chat-ja-cot"])
+def test_only_completion_tokens_carry_loss(tiny_model: Path, tmp_path: Path, fmt: str):
+    from medjp_agent.training.trainer import build_trainer
+
+    cfg = TrainConfig(data=str(MEMO), format=fmt, validation_fraction=0.0, compute_dtype="float32", out=str(tmp_path))
+    data = build_training_data(cfg, load_training_questions(cfg))
+    trainer = build_trainer(cfg, data, str(tiny_model))
+    tokenizer = trainer.processing_class
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for i, row in enumerate(data.train[:2]):
+        if isinstance(row["prompt"], str):
+            prompt, completion = row["prompt"], row["completion"] + tokenizer.eos_token
+        else:  # the chat template wraps both turns, and its end-of-turn token ends the completion
+            prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+            completion = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)[len(prompt):]
+            assert completion.startswith(row["completion"][0]["content"] + tokenizer.eos_token)
+        ids, learnt = batch["input_ids"][i], batch["labels"][i] != -100
+        real = batch["attention_mask"][i].bool()
+        assert tokenizer.decode(ids[learnt]) == completion
+        assert tokenizer.decode(ids[real & ~learnt]) == prompt

@@ -1,0 +1,10 @@
+"""QLoRA instruction tuning on exam-style questions, rendered in the evaluation's own prompt format.
+
+``TrainConfig`` (config), ``build_training_data`` (data), ``train`` (trainer), ``merge_adapter`` (merge),
+``find_overlaps`` (contamination), the FSDP-QLoRA launcher config (fsdp) and the offline demo adapter (demo).
+Only the config is imported eagerly: torch, transformers and TRL load when training starts.
+"""
+
+from .config import TRAIN_SAMPLE, TrainConfig, TrainConfigError
+
+__all__ = ["TRAIN_SAMPLE", "TrainConfig", "TrainConfigError"]
