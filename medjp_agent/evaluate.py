@@ -34,15 +34,17 @@ def answer_question(program: dspy.Module, question: Question, lm: dspy.BaseLM | 
     return QuestionResult.scored(
         question, extraction, completion=pred.get("completion") or "", reasoning=pred.get("reasoning") or "",
         prompt_hash=pred.get("prompt_hash") or "", latency_s=round(elapsed, 4), lm_calls=int(pred.get("lm_calls") or 1),
-        prompt_tokens=usage[0], completion_tokens=usage[1],
+        prompt_tokens=usage[0], completion_tokens=usage[1], generation_s=usage[2],
         samples=tuple(tuple(s) for s in pred.get("samples") or ()), score=pred.get("score"),
     )
 
 
-def _usage(pred: dspy.Prediction) -> tuple[int, int]:
+def _usage(pred: dspy.Prediction) -> tuple[int, int, float]:
+    """(prompt tokens, completion tokens, generation seconds); backends that report no time give 0."""
     usage = pred.get_lm_usage() or {}
     return (sum(int(u.get("prompt_tokens") or 0) for u in usage.values()),
-            sum(int(u.get("completion_tokens") or 0) for u in usage.values()))
+            sum(int(u.get("completion_tokens") or 0) for u in usage.values()),
+            round(sum(float(u.get("generation_s") or 0.0) for u in usage.values()), 4))
 
 
 def run_questions(

@@ -101,7 +101,7 @@ class RunSummary:
             lm_calls=sum(r.lm_calls for r in results),
             prompt_tokens=sum(r.prompt_tokens for r in results),
             completion_tokens=sum(r.completion_tokens for r in results),
-            generation_s=round(sum(r.latency_s for r in results), 3),
+            generation_s=round(sum(r.generation_s for r in results), 3),
             complete=n_expected is None or len(results) >= n_expected,
             **kw,
         )

@@ -69,4 +69,4 @@ def summary_table(summary: RunSummary, by: str = "year", title: str | None = Non
 
 def usage_line(summary: RunSummary) -> str:
     return (f"{summary.lm_calls} LM calls · {summary.prompt_tokens:,} prompt + {summary.completion_tokens:,} "
-            f"completion tokens · {summary.wall_s:.1f} s wall")
+            f"completion tokens · {summary.generation_s:.1f} s generating · {summary.wall_s:.1f} s wall")

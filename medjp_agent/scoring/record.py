@@ -35,6 +35,7 @@ class QuestionResult:
     lm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    generation_s: float = 0.0
     samples: tuple[tuple[str, ...], ...] = ()
     score: float | None = None
     text_only: bool = True

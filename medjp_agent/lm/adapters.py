@@ -1,0 +1,65 @@
+"""PEFT LoRA adapters: several loaded onto one base model, switched by name without reloading the base."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from .fingerprint import fingerprint
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One ``--adapter`` value: ``PATH_OR_ID`` (named after its last path component) or ``NAME=PATH_OR_ID``."""
+
+    name: str
+    source: str
+
+    @classmethod
+    def parse(cls, spec: str) -> "AdapterSpec":
+        name, sep, source = spec.partition("=")
+        if not sep:
+            source = spec
+            name = PurePath(spec.rstrip("/")).name
+        if not name or not source:
+            raise ValueError(f"--adapter {spec!r}: expected PATH, HUB_ID or NAME=PATH")
+        return cls(name=name, source=source)
+
+
+def parse_adapters(specs: Sequence[str]) -> list[AdapterSpec]:
+    parsed = [AdapterSpec.parse(s) for s in specs]
+    names = [a.name for a in parsed]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two adapters are named {duplicates[0]!r}; name them explicitly with NAME=PATH")
+    return parsed
+
+
+def attach_adapters(model: Any, adapters: Sequence[AdapterSpec]) -> tuple[Any, dict[str, str]]:
+    """Load every adapter onto ``model``; returns the PEFT model and each adapter's fingerprint by name."""
+    from peft import PeftModel
+
+    if not adapters:
+        return model, {}
+    first, *rest = adapters
+    model = PeftModel.from_pretrained(model, first.source, adapter_name=first.name, is_trainable=False)
+    for adapter in rest:
+        model.load_adapter(adapter.source, adapter_name=adapter.name, is_trainable=False)
+    model.eval()
+    return model, {a.name: fingerprint(a.source) for a in adapters}
+
+
+@contextlib.contextmanager
+def active_adapter(model: Any, name: str | None) -> Iterator[None]:
+    """Run the model with adapter ``name``, or the bare base model when ``name`` is None."""
+    if not hasattr(model, "peft_config"):
+        yield
+    elif name is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(name)
+        yield

@@ -1,0 +1,107 @@
+"""Batched generation and continuation scoring on a loaded transformers model (the torch side of HFLM).
+
+Prompts arrive as token ids of different lengths. They are left padded for ``generate``: transformers derives
+each row's positions from the attention mask, so a padded row generates what it would alone (greedy outputs
+match unbatched ones). Scoring runs a plain forward pass, which does not derive positions, so it passes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .completions import Generation
+from .params import GenerationParams
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` with every row right-aligned."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generation_config(model: Any, params: GenerationParams) -> Any:
+    """The model's own generation config with this request's settings on top.
+
+    Greedy requests reset the sampling knobs that instruct models ship in ``generation_config.json``
+    (temperature 0.6, top_p 0.9, ...), so transformers neither warns nor samples. Sampling disables top-k, which
+    OpenAI-style requests do not have.
+    """
+    config = copy.deepcopy(model.generation_config)
+    sampling = {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if params.sampling else {
+        "temperature": 1.0, "top_p": 1.0, "top_k": 50}
+    config.update(do_sample=params.sampling, max_new_tokens=params.max_new_tokens,
+                  min_new_tokens=params.min_new_tokens, num_return_sequences=params.n, **sampling)
+    if params.stop:
+        config.stop_strings = list(params.stop)
+    return config
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids | {tokenizer.pad_token_id}
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[Generation]:
+    """One ``generate`` call for all ``prompts`` (``n`` sequences each); one :class:`Generation` per prompt."""
+    start = time.perf_counter()
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(model, params),
+                             tokenizer=tokenizer if params.stop else None)
+    new = out[:, ids.shape[1]:].tolist()
+    ends = end_token_ids(model, tokenizer)
+    lengths = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in new]
+    texts = tokenizer.batch_decode([row[:k] for row, k in zip(new, lengths)], skip_special_tokens=True)
+    share = (time.perf_counter() - start) / len(prompts)
+    results = []
+    for p, prompt in enumerate(prompts):
+        rows = range(p * params.n, (p + 1) * params.n)
+        cut = [_cut_at_stop(texts[r], params.stop, ended=lengths[r] < len(new[r])) for r in rows]
+        results.append(Generation(texts=tuple(text for text, _ in cut), finish_reasons=tuple(reason for _, reason in cut),
+                                  prompt_tokens=len(prompt), completion_tokens=sum(lengths[r] for r in rows),
+                                  generation_s=share))
+    return results
+
+
+def _cut_at_stop(text: str, stop: Sequence[str], ended: bool) -> tuple[str, str]:
+    """The text before the first stop string, and OpenAI's finish reason."""
+    hits = [at for at in (text.find(s) for s in stop) if at >= 0]
+    if hits:
+        return text[: min(hits)], "stop"
+    return text, "stop" if ended else "length"
+
+
+def score(model: Any, tokenizer: Any, prompt: Sequence[int], continuations: Sequence[Sequence[int]],
+          batch_size: int) -> list[float]:
+    """Summed log-probability of each continuation's tokens after ``prompt`` (0 for an empty continuation)."""
+    scores: list[float] = []
+    for start in range(0, len(continuations), batch_size):
+        chunk = continuations[start : start + batch_size]
+        keep = max(len(c) for c in chunk) + 1
+        ids, mask = left_pad([[*prompt, *c] for c in chunk], tokenizer.pad_token_id, model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            # Only the last positions' logits are needed: a 128k vocabulary makes the full tensor large.
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, cont in enumerate(chunk):
+            if not cont:
+                scores.append(0.0)
+                continue
+            # Logit at position t predicts token t + 1; the continuation fills the last len(cont) positions.
+            steps = torch.arange(keep - len(cont) - 1, keep - 1, device=logprobs.device)
+            targets = torch.tensor(list(cont), device=logprobs.device)
+            scores.append(float(logprobs[row, steps, targets].sum()))
+    return scores
