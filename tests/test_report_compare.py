@@ -80,3 +80,11 @@ def test_report_serialises_to_json_with_derived_figures(runs):
     assert d["diff"]["gained"] == 20 and d["diff"]["flips"][0]["gained"] is False
     assert d["diff"]["flips"][0]["second"]["shown"] == "b"
     assert d["verdicts"][0]["status"] == "no cut-off known"
+
+
+def test_local_model_paths_are_shown_by_name_hub_ids_whole():
+    from medjp_agent.report.build import short_name
+
+    assert short_name("/home/u/.cache/medjp/tiny-llama-l4") == "tiny-llama-l4"
+    assert short_name("./models/swallow") == "swallow"
+    assert short_name("tokyotech-llm/Swallow-70b-instruct-hf") == "tokyotech-llm/Swallow-70b-instruct-hf"

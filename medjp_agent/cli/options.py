@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
@@ -14,8 +15,10 @@ from rich.console import Console
 
 from medjp_agent.lm.options import LMOptions
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, files) is read later in wide windows; rich would otherwise cut it at 80 columns.
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+console = Console(width=_PIPE_WIDTH)
+err_console = Console(stderr=True, width=_PIPE_WIDTH)
 
 _LM = "LM options"
 # Each shared LM flag: parameter name -> (annotation, default). A decorated command receives one `lm: LMOptions`.

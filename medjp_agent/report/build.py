@@ -23,6 +23,11 @@ from .serialize import Serializable
 from .verdict import YearVerdict, exam_verdicts
 
 
+def short_name(model: str) -> str:
+    """A local model folder by its name (the manifest keeps the full path); hub ids (org/name) stay whole."""
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
+
+
 @dataclass(frozen=True)
 class RunRow(Serializable):
     """One run as the report shows it: what ran, and its figures overall, per year and per ``--by`` group."""
@@ -46,7 +51,8 @@ class RunRow(Serializable):
     def of(cls, run: Run, label: str, by: GroupBy) -> "RunRow":
         m = run.manifest
         return cls(
-            label=label, path=str(run.path), kind=m.kind, model=m.model or m.system, adapter=m.adapter,
+            label=label, path=str(run.path), kind=m.kind, model=short_name(m.model or m.system),
+            adapter=short_name(m.adapter),
             format=str((m.format or {}).get("name", "")), optimizer=m.optimizer, overall=aggregate(run.results),
             years=aggregate_by(run.results, "year"), groups=aggregate_by(run.results, by),
             lm_calls=run.summary.lm_calls, prompt_tokens=run.summary.prompt_tokens,

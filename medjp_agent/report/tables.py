@@ -41,7 +41,8 @@ class ReportTable:
         table = Table(title=Text(self.title, style="table.title"),
                       caption=Text(self.caption, style="table.caption") if self.caption else None)
         for j, name in enumerate(self.columns):
-            table.add_column(Text(name), justify="right" if j in self.numeric else "left", overflow="fold")
+            numeric = j in self.numeric
+            table.add_column(Text(name), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
         for i, row in enumerate(self.rows):
             table.add_row(*map(Text, row), style=self._style(i) or None)
         return table
