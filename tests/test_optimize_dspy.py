@@ -149,6 +149,26 @@ def test_combined_mode_optimizes_within_the_searchs_best_formats(tmp_path, scrip
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_runs_on_the_tiny_hf_model(name, tiny_model):
+    """The tiny local model answers the exam; a scripted proposer writes instructions/reflections, as a stronger
+    model would (`--reflection-model`): a random model cannot write parseable meta-prompt replies."""
+    from medjp_agent.lm import LMOptions, build_lm
+
+    lm = build_lm(LMOptions(model=str(tiny_model), max_new_tokens=8))
+    proposer = ExamAndMetaLM(QUESTIONS, base=0.6)
+    student = MedicalQA(PromptFormat(shots=0, reasoning="direct"), demo_pool=SPLITS.demo_pool())
+    program = compile_program(name, student, SPLITS.train[:4], SPLITS.dev[:4], lm, proposer=proposer, settings=TINY)
+    assert isinstance(program, MedicalQA) and program is not student
+    asked = lm.generate_calls + lm.cache_hits  # the session's disk cache may serve what another test generated
+    assert asked > 0 or name == "knn"  # KNNFewShot compiles nothing: it bootstraps at every call
+    with dspy.context(lm=lm):
+        q = SPLITS.test[0]
+        pred = program(question=q.text, choices=list(q.choices))
+    assert pred.completion and lm.generate_calls + lm.cache_hits > asked
+
+
+@pytest.mark.slow
 def test_bootstrap_and_logprob_score_on_the_tiny_hf_model(tiny_model):
     pytest.importorskip("medjp_agent.lm.hf", reason="the local HF backend (medjp_agent/lm/hf.py) is not there yet")
     from medjp_agent.lm import LMOptions, build_lm
