@@ -140,7 +140,16 @@ def test_worker_threads_share_one_study(tmp_path):
     assert_settled(load(settings.storage, "threads"))
 
 
-def test_ctrl_c_requeues_the_running_trial(tmp_path):
+@pytest.fixture()
+def python_sigint():
+    """Python's own Ctrl-C handler for the test. A process started in the background by a non-interactive shell (as
+    CI may start us) inherits SIGINT as ignored, and then no KeyboardInterrupt would ever be raised."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_requeues_the_running_trial(tmp_path, python_sigint):
     questions = list(load_dataset("sample"))
     dev = list(Splits.make(questions).dev)
     calls = []
