@@ -31,7 +31,8 @@ class Recorder:
 
 def test_concurrent_callers_share_one_batch():
     run = Recorder()
-    batcher = MicroBatcher(run, batch_size=16)
+    # A generous gap: on a loaded machine a thread may start late; a full batch is dispatched at once anyway.
+    batcher = MicroBatcher(run, batch_size=16, gather_s=1.0, max_wait_s=5.0)
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: batcher.submit([1] * (i + 1), "g").result(timeout=5), range(16)))
     batcher.close()
@@ -40,9 +41,9 @@ def test_concurrent_callers_share_one_batch():
 
 
 def test_gathering_follows_staggered_arrivals_past_one_gap():
-    # Arrivals 5 ms apart span 75 ms, far beyond the 10 ms gap, yet keep extending the gathering.
+    # Arrivals 5 ms apart span 75 ms, far beyond the 30 ms gap, yet keep extending the gathering.
     run = Recorder()
-    batcher = MicroBatcher(run, batch_size=16, gather_s=0.01, max_wait_s=0.5)
+    batcher = MicroBatcher(run, batch_size=16, gather_s=0.03, max_wait_s=0.5)
     futures = []
     for i in range(16):
         futures.append(batcher.submit([i], "g"))
@@ -53,8 +54,8 @@ def test_gathering_follows_staggered_arrivals_past_one_gap():
 
 
 def test_the_gap_grows_with_the_time_batches_take():
-    # Arrivals 20 ms apart split under the 10 ms base gap, but not after a 1 s batch (gap 5 % of it: 50 ms).
-    run = Recorder(delay_s=1.0)
+    # Arrivals 20 ms apart split under the 10 ms base gap, but not after a 2 s batch (gap 5 % of it: 100 ms).
+    run = Recorder(delay_s=2.0)
     batcher = MicroBatcher(run, batch_size=16, gather_s=0.01)
     batcher.submit([0], "g").result(timeout=5)
     run.delay_s = 0.0
