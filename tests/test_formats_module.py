@@ -122,12 +122,16 @@ def test_adapter_is_scoped_to_the_module(scripted):
     assert dspy.settings.adapter is None
 
 
-def test_default_dspy_adapters_still_work_with_the_signature(scripted):
+@pytest.mark.parametrize("adapter,reply", [
+    (dspy.ChatAdapter(), "[[ ## reasoning ## ]]\n考察\n\n[[ ## answer ## ]]\nb\n\n[[ ## completed ## ]]"),
+    (dspy.JSONAdapter(), '{"reasoning": "考察", "answer": "b"}'),
+    (dspy.XMLAdapter(), "<reasoning>考察</reasoning>\n<answer>b</answer>"),
+])
+def test_default_dspy_adapters_still_work_with_the_signature(scripted, adapter, reply):
     q = SAMPLE["SA1"]
-    reply = "[[ ## reasoning ## ]]\n考察\n\n[[ ## answer ## ]]\nb\n\n[[ ## completed ## ]]"
-    with dspy.context(lm=scripted(reply), adapter=dspy.ChatAdapter()):
+    with dspy.context(lm=scripted(reply), adapter=adapter):
         pred = dspy.ChainOfThought(MedicalMCQ)(question=q.text, choices=list(q.choices))
-    assert pred.answer == "b"
+    assert (pred.reasoning, pred.answer) == ("考察", "b")
 
 
 def test_adapter_renders_what_optimizers_write(scripted):
