@@ -110,6 +110,15 @@ def test_lenient_mode_skips_and_counts(tmp_path: Path):
     assert len(ds.skipped) == 2 and ":2: answer:" in ds.skipped[0] and ":3: " in ds.skipped[1]
 
 
+def test_lenient_rejected_question_does_not_orphan_its_metadata(tmp_path: Path):
+    rows = [GOOD_Q, {**GOOD_Q, "problem_id": "T2", "answer": ["z"]}]
+    write_exam(tmp_path, rows, [GOOD_META, {**GOOD_META, "problem_id": "T2"}, {**GOOD_META, "problem_id": "T9"}])
+    ds = load_igakuqa(tmp_path, lenient=True)
+    assert [q.id for q in ds] == ["T1"]
+    assert len(ds.skipped) == 2 and ":2: answer:" in ds.skipped[0]
+    assert "metadata for 'T9' has no question" in ds.skipped[1]
+
+
 def test_missing_folder_and_empty_folder(tmp_path: Path):
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "nope")

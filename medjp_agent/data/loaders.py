@@ -140,10 +140,11 @@ def load_igakuqa(root: str | Path, *, lenient: bool = False) -> Dataset:
     for path in files:
         section = path.stem
         meta = _load_metadata(path.with_name(f"{section}_metadata.jsonl"), errors)
-        used: set[str] = set()
+        present: set[str] = set()  # ids the file holds, even of questions rejected in lenient mode
         for line, obj in read_jsonl(path, errors):
             try:
                 qid = _require(obj, "problem_id", str, path, line)
+                present.add(qid)
                 if qid in seen:
                     raise DataError(path, line, "problem_id", f"duplicate id {qid!r} (first at {seen[qid]})")
                 q = _igakuqa_question(obj, meta.get(qid, (0, None))[1], _year_of(path), section, path, line)
@@ -152,10 +153,9 @@ def load_igakuqa(root: str | Path, *, lenient: bool = False) -> Dataset:
                 errors.report(e)
                 continue
             seen[qid] = f"{path}:{line}"
-            used.add(qid)
             questions.append(q)
         for qid, (line, _) in meta.items():
-            if qid not in used and not (lenient and any(qid in s for s in errors.skipped)):
+            if qid not in present:
                 errors.report(DataError(path.with_name(f"{section}_metadata.jsonl"), line, "problem_id",
                                         f"metadata for {qid!r} has no question in {path.name}"))
     return Dataset(tuple(questions), str(root), tuple(errors.skipped))
