@@ -193,22 +193,16 @@ class Renderer:
         text = text.replace("</response>", "")
         if self.fmt.output == "json":
             return _parse_json_answer(text)
-        from medjp_agent.scoring import answer_span
+        from medjp_agent.scoring import locate_answer
 
-        span = answer_span(text, self.marker)
-        if span is None:
+        found = locate_answer(text, self.marker)
+        if found is None:
             if self.fmt.reasoning == "direct":  # the prompt already ended with the marker
                 first = next((line.strip() for line in text.split("\n") if line.strip()), "")
                 return "", first
             return text.strip(), None
-        cut = _last_marker_start(text, self.marker)
-        return text[:cut].strip(), span
-
-
-def _last_marker_start(text: str, marker: str) -> int:
-    from medjp_agent.scoring import normalize
-
-    return normalize(text).rfind(normalize(marker).strip())
+        at, span = found
+        return text[:at].strip(), span
 
 
 def _parse_json_answer(text: str) -> tuple[str, str | None]:
@@ -255,18 +249,25 @@ class FormatAdapter(dspy.Adapter):
         return [{"role": "user", "content": r.completion_prompt(demos, inputs), "name": RAW_PROMPT}]
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
-        renderer = self.renderer(signature)
-        reasoning, span = renderer.split_completion(completion)
-        error = None if span else (
-            f"no answer marker {renderer.marker.strip()!r} in the completion" if span is None else "empty answer"
-        )
-        return {"reasoning": reasoning, "answer": span or None, "completion": completion, "parse_error": error}
+        """``answer`` is the span after the marker: None when no answer was found, "" when it was empty."""
+        reasoning, span = self.renderer(signature).split_completion(completion)
+        return {"reasoning": reasoning, "answer": span, "completion": completion,
+                "parse_error": self.parse_error(signature, span)}
+
+    def parse_error(self, signature: type[dspy.Signature], span: str | None) -> str | None:
+        if span:
+            return None
+        if span is not None:
+            return "empty answer"
+        if self.fmt.output == "json":
+            return 'no "answer" in a JSON object in the completion'
+        return f"no answer marker {self.renderer(signature).marker.strip()!r} in the completion"
 
     def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):  # noqa: ANN001
-        # DSPy keeps only signature fields; the raw text and the parse failure must reach the results file.
+        # DSPy keeps only signature fields; the raw text and the parse failure must reach the results file. Both
+        # follow from what parse already returned, so nothing is parsed twice.
         values = super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
         for value, output in zip(values, outputs):
             text = output.get("text") if isinstance(output, dict) else output
-            parsed = self.parse(processed_signature, text or "")
-            value.update(completion=parsed["completion"], parse_error=parsed["parse_error"])
+            value.update(completion=text or "", parse_error=self.parse_error(processed_signature, value.get("answer")))
         return values

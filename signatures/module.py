@@ -101,9 +101,12 @@ class MedicalQA(dspy.Module):
         random.Random(digest).shuffle(order)
         return order
 
-    def prompt_hash(self, question: str, choices: Sequence[str]) -> str:
-        """Hash of the exact rendered prompt (first vote), to tell results of different prompts apart."""
-        demos = self.cot.predict.demos if self._selector.fixed else self._selector.select(question, choices)
+    def prompt_hash(self, question: str, choices: Sequence[str], demos: Sequence[dict[str, Any]] | None = None) -> str:
+        """Hash of the exact rendered prompt (first vote), to tell results of different prompts apart.
+
+        ``demos`` are the per-question demos already selected (None: the predictor's own, or select them now)."""
+        if demos is None:
+            demos = self.cot.predict.demos if self._selector.fixed else self._selector.select(question, choices)
         messages = self.adapter.format(self.cot.predict.signature, [dict(d) for d in demos],
                                        {"question": question, "choices": list(choices)})
         return hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -115,18 +118,20 @@ class MedicalQA(dspy.Module):
         choices = list(choices)
         samples: list[dict[str, Any]] = []
         calls = 0
+        # Demos depend on the question only, not on the vote: select them once.
+        demos = self.cot.predict.demos if self._selector.fixed else self._selector.select(question, choices)
         for vote in range(fmt.ensemble if choices else 1):
             order = self._permutation(question, len(choices), vote)
             shown = [choices[i] for i in order]
             kwargs: dict[str, Any] = {"question": question, "choices": shown}
             if not self._selector.fixed:
-                kwargs["demos"] = self._selector.select(question, choices)
+                kwargs["demos"] = demos
             if fmt.self_consistency > 1:
                 kwargs["config"] = {"n": fmt.self_consistency}
             calls += 1
             for out in self._call(**kwargs):
                 samples.append(self._read(out, question, shown, order))
-        return self._vote(samples, calls, self.prompt_hash(question, choices))
+        return self._vote(samples, calls, self.prompt_hash(question, choices, demos))
 
     def _call(self, **kwargs: Any) -> list[dict[str, Any]]:
         with dspy.context(adapter=self.adapter):

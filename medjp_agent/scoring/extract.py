@@ -40,17 +40,24 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
 
 
-def answer_span(text: str, marker: str) -> str | None:
-    """The text after the last ``marker`` (matched after normalisation), up to the end of its line.
+def locate_answer(text: str, marker: str) -> tuple[int, str] | None:
+    """(where the last ``marker`` starts, the answer span after it), matched after normalisation; None if absent.
 
-    An empty rest of line falls through to the next non-empty line, as models often break after the marker.
+    The span runs to the end of the marker's line; an empty rest of line falls through to the next non-empty line,
+    as models often break after the marker.
     """
     norm_text, norm_marker = normalize(text), normalize(marker).strip()
     at = norm_text.rfind(norm_marker)
     if at < 0:
         return None
     lines = norm_text[at + len(norm_marker):].split("\n")
-    return next((line.strip() for line in lines if line.strip()), "")
+    return at, next((line.strip() for line in lines if line.strip()), "")
+
+
+def answer_span(text: str, marker: str) -> str | None:
+    """The answer span after the last ``marker`` (see :func:`locate_answer`), or None when there is no marker."""
+    found = locate_answer(text, marker)
+    return found[1] if found else None
 
 
 def _short(text: str, n: int = 60) -> str:
