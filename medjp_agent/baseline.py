@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from medjp_agent.data import DataError, Question
+from medjp_agent.data.errors import Collector
+from medjp_agent.data.textfile import read_jsonl
 from medjp_agent.scoring import Extraction, QuestionResult, extract_answer
+from medjp_agent.scoring.aggregate import NO_PREDICTION
+from medjp_agent.scoring.harness import harness_extract
 
-ParseMode = Literal["strict", "lenient"]
+ParseMode = Literal["strict", "lenient", "harness-exact", "harness-gestalt"]
+PARSE_MODES: tuple[ParseMode, ...] = ("strict", "lenient", "harness-exact", "harness-gestalt")
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,7 @@ def read_predictions(path: str | Path, system: str | None = None) -> Predictions
         raise DataError(root, None, None, f"no prediction files matching *{suffix}")
     out: dict[str, tuple[str, str]] = {}
     for file in files:
-        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(file, lineno, None, f"invalid JSON ({e.msg})") from None
+        for lineno, obj in read_jsonl(file, Collector()):
             for key in ("problem_id", "prediction"):
                 if not isinstance(obj.get(key), str):
                     raise DataError(file, lineno, key, "missing field" if key not in obj else "expected a string")
@@ -70,10 +68,13 @@ def score_predictions(questions: Sequence[Question], predictions: Predictions, m
         found = predictions.by_id.get(q.id)
         if found is None:
             missing.append(q.id)
-            results.append(QuestionResult.scored(q, Extraction(reason="no prediction for this question")))
+            results.append(QuestionResult.scored(q, Extraction(reason=NO_PREDICTION)))
             continue
         text = found[0]
-        extraction = _strict(text) if mode == "strict" else extract_answer(text, q)
+        if mode in ("strict", "lenient"):
+            extraction = _strict(text) if mode == "strict" else extract_answer(text, q)
+        else:
+            extraction = harness_extract(mode, q, text)
         results.append(QuestionResult.scored(q, extraction, completion=text, lm_calls=0))
     ids = {q.id for q in questions}
     extra = sorted(pid for pid in predictions.by_id if pid not in ids)

@@ -14,17 +14,27 @@ import platform
 import sys
 import threading
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medjp_agent.data.errors import DataError
+from medjp_agent.data.fields import check_types
+from medjp_agent.data.textfile import (
+    MAX_RESULT_LINE_BYTES, check_file, decode_line, parse_json, raw_lines, read_json_object, too_long,
+)
+from medjp_agent.errors import MedjpError
+from medjp_agent.paths import replace_text
+from medjp_agent.redact import redact_argv, redact_text
 from medjp_agent.scoring import QuestionResult, aggregate, aggregate_by
 
 RESULTS, SUMMARY, MANIFEST = "results.jsonl", "summary.json", "manifest.json"
 _GROUPS = ("year", "section", "category", "qtype")
 
 
-class RunMismatch(ValueError):
+class RunMismatch(MedjpError, ValueError):
     """Resuming into a folder that holds a different run (other model, format or data)."""
 
 
@@ -69,7 +79,7 @@ class RunManifest:
         for mod in ("dspy", "optuna", "torch", "transformers", "peft", "bitsandbytes"):
             if mod in sys.modules:
                 versions[mod] = getattr(sys.modules[mod], "__version__", "")
-        return cls(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=tuple(sys.argv), versions=versions, **kw)
+        return cls(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=redact_argv(sys.argv), versions=versions, **kw)
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,7 @@ class RunSummary:
             prompt_tokens=sum(r.prompt_tokens for r in results),
             completion_tokens=sum(r.completion_tokens for r in results),
             generation_s=round(sum(r.generation_s for r in results), 3),
-            complete=n_expected is None or len(results) >= n_expected,
+            complete=(n_expected is None or len(results) >= n_expected) and not any(r.not_run for r in results),
             **kw,
         )
 
@@ -113,31 +123,89 @@ class RunSummary:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)  # atomic: a reader never sees half a summary
+    # Whole or not at all (a reader never sees half a summary), and never with a credential in a URL or a key.
+    replace_text(path, redact_text(json.dumps(obj, ensure_ascii=False, indent=2)) + "\n")
+
+
+#: Types a reader relies on: a file that breaks them is a located error, not a traceback deep in a report.
+_RESULT_TYPES = {"id": str, "year": int, "section": str, "category": str, "qtype": str, "gold": list, "answer": list,
+                 "correct": bool, "points": int, "points_possible": int}
+_RESULT_OPTIONAL = {"forbidden_picked": list, "parse_error": str, "lm_calls": int, "prompt_tokens": int,
+                    "completion_tokens": int, "generation_s": (int, float), "text_only": bool, "samples": list,
+                    "prompt": (str, list)}
+_MANIFEST_TYPES = {"name": str, "kind": str, "data": str}
+_MANIFEST_OPTIONAL = {"model": str, "adapter": str, "system": str, "optimizer": str, "format": dict, "filters": dict,
+                      "n_questions": int, "command": list, "versions": dict, "extra": dict}
+_SUMMARY_TYPES = {"n_questions": int, "overall": dict, "groups": dict}
+_SUMMARY_OPTIONAL = {"lm_calls": int, "prompt_tokens": int, "completion_tokens": int, "generation_s": (int, float),
+                     "wall_s": (int, float), "complete": bool, "extra": dict}
+
+
+def _result_line(raw: bytes | None, path: Path, lineno: int) -> QuestionResult | None:
+    """One ``results.jsonl`` line as a result (None when blank); a bad line is a located :class:`DataError`."""
+    if raw is None:
+        raise too_long(path, lineno, MAX_RESULT_LINE_BYTES)
+    line = decode_line(raw, path, lineno).strip()
+    if not line:
+        return None
+    obj = parse_json(line, path, lineno)
+    if not isinstance(obj, dict):
+        raise DataError(path, lineno, None, f"expected a JSON object (a question result), got {type(obj).__name__}")
+    check_types(obj, _RESULT_TYPES, _RESULT_OPTIONAL, path, lineno)
+    return QuestionResult.from_dict(obj)
 
 
 def read_results(path: Path) -> list[QuestionResult]:
-    """Read ``results.jsonl``; a torn last line (a kill mid-write) is ignored, any other bad line is an error."""
+    """Read ``results.jsonl``; a torn last line (a kill mid-write: no final newline) is ignored, any other bad line
+    is a :class:`DataError` naming file, line and field."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    check_file(path)
     out = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, raw in raw_lines(path, MAX_RESULT_LINE_BYTES):
         try:
-            out.append(QuestionResult.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
-            if i >= len(lines) - 1:
+            result = _result_line(raw, path, lineno)
+        except DataError:
+            if raw is not None and not raw.endswith(b"\n"):  # only a file's last line can lack its newline
                 break
-            raise ValueError(f"{path}:{i}: not a question result ({e})") from None
-    return out
+            raise
+        if result is not None:
+            out.append(result)
+    return _counted_once(out, path)
+
+
+def _counted_once(results: list[QuestionResult], path: Path) -> list[QuestionResult]:
+    """Each question once (its last line), with a warning when a file repeats some: folders written before run
+    folders were locked may hold two processes' lines."""
+    unique = {r.id: r for r in results}
+    # A question recorded as not run and asked again on resume has two lines by design: only others are repeats.
+    asked = [r.id for r in results if not r.not_run]
+    if len(set(asked)) < len(asked):
+        repeated = [qid for qid, n in Counter(asked).items() if n > 1]
+        warnings.warn(f"{path}: {len(repeated)} questions appear more than once ({len(results) - len(unique)} extra "
+                      f"lines, first {repeated[0]!r}); each is counted once, by its last line", stacklevel=3)
+    return list(unique.values())
+
+
+def read_manifest(path: Path) -> RunManifest:
+    """A run's ``manifest.json``; a bad file is a located :class:`DataError`."""
+    obj = read_json_object(path)
+    check_types(obj, _MANIFEST_TYPES, _MANIFEST_OPTIONAL, path, None)
+    return RunManifest.from_dict(obj)
+
+
+def read_summary(path: Path) -> RunSummary:
+    """A run's ``summary.json``; a bad file is a located :class:`DataError`."""
+    obj = read_json_object(path)
+    check_types(obj, _SUMMARY_TYPES, _SUMMARY_OPTIONAL, path, None)
+    return RunSummary.from_dict(obj)
 
 
 class RunWriter:
-    """Appends results to a run folder as they finish; thread-safe; resumes a folder holding the same run."""
+    """Appends results to a run folder as they finish; thread-safe; resumes a folder holding the same run.
+
+    It is an observer of :func:`medjp_agent.evaluate.evaluate` (``on_result``) and never stops a run.
+    """
 
     def __init__(self, run_dir: str | Path, manifest: RunManifest):
         self.dir = Path(run_dir)
@@ -157,13 +225,14 @@ class RunWriter:
     def _repair_tail(self) -> None:
         # Rewrite the file from what parsed, so a torn last line cannot glue onto the next append.
         path = self.dir / RESULTS
-        if path.exists():
-            path.write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self._results.values()),
-                            encoding="utf-8")
+        if path.exists():  # a temporary file and os.replace: a kill now keeps every line (issue 15)
+            lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self._results.values())
+            replace_text(path, "".join(lines))
 
     @property
     def done_ids(self) -> set[str]:
-        return set(self._results)
+        """Questions a resumed run need not ask again: a question recorded as not run is asked again."""
+        return {qid for qid, r in self._results.items() if not r.not_run}
 
     @property
     def results(self) -> list[QuestionResult]:
@@ -175,6 +244,12 @@ class RunWriter:
             f.write(line)
             f.flush()
             self._results[result.id] = result
+
+    def on_result(self, result: QuestionResult) -> None:
+        self.write(result)
+
+    def should_stop(self) -> bool:
+        return False
 
     def finalize(self, *, n_expected: int | None = None, wall_s: float = 0.0, **extra: Any) -> RunSummary:
         summary = RunSummary.from_results(self.results, n_expected=n_expected, wall_s=round(wall_s, 3), extra=extra)
@@ -201,9 +276,9 @@ def read_run(run_dir: str | Path) -> Run:
     for name in (MANIFEST, RESULTS):
         if not (path / name).exists():
             raise FileNotFoundError(f"{path}: not a run folder (no {name})")
-    manifest = RunManifest.from_dict(json.loads((path / MANIFEST).read_text(encoding="utf-8")))
+    manifest = read_manifest(path / MANIFEST)
     results = read_results(path / RESULTS)
     summary_path = path / SUMMARY
-    summary = (RunSummary.from_dict(json.loads(summary_path.read_text(encoding="utf-8"))) if summary_path.exists()
+    summary = (read_summary(summary_path) if summary_path.exists()
                else RunSummary.from_results(results, n_expected=manifest.n_questions))
     return Run(path, manifest, summary, tuple(results))

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -19,8 +18,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from medjp_agent.naming import axis_values
 from medjp_agent.optimizers.objective import TrialOutcome
+from medjp_agent.optimizers.search import SearchResult
 from medjp_agent.optimizers.workers import Budget
+from medjp_agent.redact import redact_text
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,11 @@ class SearchSnapshot:
     elapsed_s: float
     finished_here: int = 0
     axes: tuple[str, ...] = ()
+    title: str = ""
 
     @property
     def full(self) -> list[TrialOutcome]:
-        return [o for o in self.outcomes if not o.pruned]
+        return [o for o in self.outcomes if not o.pruned and o.duplicate_of is None]
 
     @property
     def best(self) -> TrialOutcome | None:
@@ -89,10 +92,6 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
 
 
-def _value(v: Any) -> str:
-    return repr(v) if isinstance(v, str) and (not v or v != v.strip() or "\n" in v) else str(v)
-
-
 @dataclass(frozen=True)
 class CurrentTrials:
     """Trials in flight: number, format, questions answered, running mean score."""
@@ -102,7 +101,9 @@ class CurrentTrials:
     def __rich__(self) -> RenderableType:
         table = Table(title="running", title_justify="left", expand=True)
         for name, justify in (("#", "right"), ("format", "left"), ("answered", "right"), ("score", "right")):
-            table.add_column(name, justify=justify)
+            numeric = justify == "right"
+            table.add_column(name, justify=justify, no_wrap=numeric, min_width=len(name) if numeric else 12,
+                             overflow="fold", ratio=None if numeric else 1)
         for t in self.snapshot.running:
             table.add_row(str(t.number), t.name, f"{t.answered}/{t.total}", f"{t.mean:.3f}")
         if not self.snapshot.running:
@@ -139,16 +140,24 @@ class TopTrials:
 
     def __rich__(self) -> RenderableType:
         table = Table(title=f"top {self.k} trials", title_justify="left", expand=True)
-        for name, justify in (("#", "right"), ("score", "right"), ("accuracy", "right"), ("answered", "right"),
-                              ("", "left"), ("format", "left")):
-            table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=name == "format")
+        # Numbers keep their full width at any terminal size; the format column takes the rest and wraps.
+        for name, justify in (("#", "right"), ("score", "right"), ("accuracy", "right"), ("answered", "right")):
+            table.add_column(name, justify=justify, no_wrap=True, min_width=len(name))
+        table.add_column("", no_wrap=True)
+        table.add_column("format", overflow="fold", ratio=1, min_width=12)
         ranked = sorted(self.snapshot.outcomes, key=lambda o: (-o.value, o.number))[: self.k]
         for o in ranked:
-            axes = " · ".join(_value(o.format.get(a)) for a in self.snapshot.axes)
-            mark = "pruned" if o.pruned else o.reference
+            # The format column names a reference format already: the mark only says that it is one.
+            mark = "pruned" if o.pruned else "reference" if o.reference else ""
             table.add_row(str(o.number), f"{o.value:.3f}", f"{o.accuracy:.1%}", f"{o.answered}/{o.n_questions}",
-                          mark, o.name if o.reference else axes, style="dim" if o.pruned else None)
+                          mark, format_label(o, self.snapshot.axes), style="dim" if o.pruned else None)
         return table
+
+
+def format_label(outcome: TrialOutcome, axes: Sequence[str]) -> str:
+    """A trial's descriptive name; ``axis=value`` of the searched axes for a study whose trials are ``trial-N``."""
+    name = outcome.name
+    return axis_values(outcome.format, axes) if name == f"trial-{outcome.number}" and axes else name
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,8 @@ class BudgetLine:
 
 def dashboard(snapshot: SearchSnapshot) -> RenderableType:
     """The whole live layout."""
-    return Group(BudgetLine(snapshot), BestPanel(snapshot), CurrentTrials(snapshot), TopTrials(snapshot))
+    parts = [BudgetLine(snapshot), BestPanel(snapshot), CurrentTrials(snapshot), TopTrials(snapshot)]
+    return Group(*([Text(snapshot.title, style="bold")] if snapshot.title else []), *parts)
 
 
 @dataclass
@@ -187,6 +197,16 @@ class SearchMonitor:
         self._outcomes = sorted(self.previous, key=lambda o: o.number)
         self._lock = threading.Lock()
         self._start = time.monotonic()
+        self._title = ""
+
+    def search_started(self, study: str, storage: str, previous: Sequence[TrialOutcome], n_dev: int) -> None:
+        """A study opened (a screened search opens two, one after the other): show its trials from now on."""
+        with self._lock:
+            self._running.clear()
+            self._outcomes = sorted(previous, key=lambda o: o.number)
+            self._finished_here = 0
+            self._start = time.monotonic()
+            self._title = started_line(study, storage, previous, n_dev)
 
     def question_done(self, trial_number: int, name: str, answered: int, total: int, mean: float) -> None:
         with self._lock:
@@ -201,12 +221,16 @@ class SearchMonitor:
     def snapshot(self) -> SearchSnapshot:
         with self._lock:
             return SearchSnapshot(tuple(self._running.values()), tuple(self._outcomes), self.budget,
-                                  time.monotonic() - self._start, self._finished_here, tuple(self.axes))
+                                  time.monotonic() - self._start, self._finished_here, tuple(self.axes), self._title)
 
     def live(self, console: Console) -> Live:
         """A rich Live that redraws the dashboard from fresh snapshots."""
         return Live(console=console, refresh_per_second=4, transient=False,
                     get_renderable=lambda: dashboard(self.snapshot()))
+
+
+def started_line(study: str, storage: str, previous: Sequence[TrialOutcome], n_dev: int) -> str:
+    return f"study {study} in {redact_text(storage)}: {len(previous)} finished trials, {n_dev} dev questions"
 
 
 @dataclass
@@ -215,10 +239,52 @@ class LogObserver:
 
     console: Console
 
+    def search_started(self, study: str, storage: str, previous: Sequence[TrialOutcome], n_dev: int) -> None:
+        self.console.print(started_line(study, storage, previous, n_dev), highlight=False)
+
     def question_done(self, trial_number: int, name: str, answered: int, total: int, mean: float) -> None:
         return None
 
     def trial_done(self, outcome: TrialOutcome) -> None:
         state = f"pruned after {outcome.answered}/{outcome.n_questions}" if outcome.pruned else "complete"
+        if outcome.duplicate_of is not None:
+            state = f"same format as trial {outcome.duplicate_of}, not asked again"
         self.console.log(f"trial {outcome.number} {outcome.name}: score {outcome.value:.3f}, accuracy "
                          f"{outcome.accuracy:.1%}, {state}, {outcome.lm_calls} LM calls", highlight=False)
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """A finished search: best format and references on dev, pruning savings, screening and format sensitivity."""
+
+    result: SearchResult
+
+    def __rich__(self) -> RenderableType:
+        r = self.result
+        table = Table(title=f"{r.study}: {r.n_complete} trials ({r.n_pruned} pruned, {r.n_duplicates} repeated) "
+                            f"· stop: {r.stop_reason}")
+        for name, justify in (("", "left"), ("dev accuracy", "right"), ("score", "right"), ("test accuracy", "right")):
+            table.add_column(name, justify=justify)
+        rows = ([("best: " + r.best.name, r.best, "best")] if r.best else []) + [
+            (name, ref, name) for name, ref in r.references.items()]
+        for label, o, key in rows:
+            test = r.test.get(key)
+            table.add_row(label, f"{o.accuracy:.1%}", f"{o.value:.3f}", f"{test.accuracy:.1%}" if test else "–",
+                          style="bold" if key == "best" else None)
+        return Group(table, *(Text(line) for line in self.lines()))
+
+    def lines(self) -> list[str]:
+        r, s = self.result, self.result.sensitivity
+        saved = r.lm_calls_saved
+        out = [f"LM calls {r.lm_calls:,} · saved by pruning {saved:,} ({saved / max(1, r.lm_calls + saved):.0%})"]
+        if r.screen is not None:
+            rho = "–" if r.screen.spearman is None else f"{r.screen.spearman:+.2f}"
+            out.append(f"screening: {r.screen.n_trials} formats by log-probability on {r.screen.n_questions} "
+                       f"questions ({r.screen.lm_calls:,} LM calls), {len(r.screen.promoted)} promoted; Spearman's ρ "
+                       f"between the stages' rankings {rho} over {len(set(r.screen.stage1) & set(r.screen.stage2))} "
+                       "formats that ran both")
+        if s.n_formats:
+            out.append(f"format sensitivity over {s.n_formats} formats: spread {s.spread:.1%} (best {s.best:.1%} "
+                       f"{s.best_format}, worst {s.worst:.1%} {s.worst_format}), median {s.quantiles['p50']:.1%}, "
+                       f"stdev {s.stdev:.1%}")
+        return out

@@ -44,22 +44,29 @@ class RunProgress:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def update(self, result: QuestionResult) -> None:
+    def on_result(self, result: QuestionResult) -> None:
+        """An observer of :func:`medjp_agent.evaluate.evaluate`: one more question done."""
         self.answered += 1
         self.correct += int(result.correct)
         self.progress.update(self.task, advance=1, answered=self.answered, correct=self.correct)
 
+    def should_stop(self) -> bool:
+        return False
+
 
 def summary_table(summary: RunSummary, by: str = "year", title: str | None = None) -> Table:
-    """Accuracy, points, forbidden choices and parse failures per group, with an overall row."""
+    """Accuracy, points, forbidden choices and parse failures per group, with an overall row; questions not run
+    and answers cut off at the token limit get a column when there are any."""
     table = Table(title=title, show_footer=False)
+    extra = [key for key in ("missing", "not_run", "truncated") if summary.overall.get(key)]
     for name, justify in ((by, "left"), ("n", "right"), ("accuracy", "right"), ("points", "right"),
-                          ("禁忌肢", "right"), ("parse fail", "right")):
+                          ("禁忌肢", "right"), ("parse fail", "right"), *((k.replace("_", " "), "right") for k in extra)):
         table.add_column(name, justify=justify)
 
     def row(label: str, agg: dict, style: str | None = None) -> None:
         table.add_row(label, str(agg["n"]), f"{agg['accuracy']:.1%}", f"{agg['points']}/{agg['points_possible']}",
-                      str(agg["forbidden_picked"]), str(agg["parse_failures"]), style=style)
+                      str(agg["forbidden_picked"]), str(agg["parse_failures"]), *(str(agg.get(k, 0)) for k in extra),
+                      style=style)
 
     for key, agg in summary.groups.get(by, {}).items():
         row(key, agg)

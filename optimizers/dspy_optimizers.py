@@ -21,8 +21,10 @@ from typing import Any, Literal
 import dspy
 
 from medjp_agent.data import Question
+from medjp_agent.errors import ConfigError
 from medjp_agent.scoring import grade
 from medjp_agent.signatures import MedicalQA
+from medjp_agent.suggest import did_you_mean
 
 Auto = Literal["light", "medium", "heavy"]
 
@@ -208,6 +210,14 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The optimizer called ``name``; a :class:`~medjp_agent.errors.ConfigError` naming the choices otherwise."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}"
+                          f"{did_you_mean(name, OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
+
 def compile_program(name: str, student: MedicalQA, train: Sequence[Question], val: Sequence[Question],
                     lm: dspy.BaseLM, *, proposer: dspy.BaseLM | None = None,
                     settings: OptimizerSettings = OptimizerSettings()) -> MedicalQA:
@@ -217,9 +227,7 @@ def compile_program(name: str, student: MedicalQA, train: Sequence[Question], va
     or reflects (GEPA), and may be a stronger model. A format that picks demos per question (random or kNN) is
     switched to ``fixed`` for optimizers that set demos, or their demos would be ignored.
     """
-    spec = OPTIMIZERS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    spec = optimizer_spec(name)
     if spec.sets_demos and student.format.demo_selection != "fixed":
         warnings.warn(f"{name} sets the demos itself: demo_selection {student.format.demo_selection!r} -> 'fixed'",
                       stacklevel=2)

@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Literal, get_args
 
 import optuna
+
+from medjp_agent.suggest import did_you_mean
 
 from .space import FormatSpace
 
@@ -37,4 +40,10 @@ def make_sampler(name: str, space: FormatSpace, seed: int | None = 0, n_startup_
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "grid":
             return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    raise ValueError(f"unknown sampler {name!r}{did_you_mean(name, SAMPLERS)}; choose one of {', '.join(SAMPLERS)}")
+
+
+def process_seed(seed: int | None) -> int:
+    """A sampler seed of this process's own, for a process that joins or resumes a study: seeded like the process
+    that created it, it would sample the very trials that one already ran."""
+    return ((seed or 0) ^ int.from_bytes(os.urandom(4), "big")) % 2**32

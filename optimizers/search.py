@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,18 +25,20 @@ from medjp_agent.data import Question
 from medjp_agent.results import MANIFEST, RunManifest
 from medjp_agent.signatures import PAPER_FORMATS, PromptFormat, resolve_format
 
+from medjp_agent.errors import ConfigError
+from medjp_agent.suggest import did_you_mean
+
 from .liveness import Liveness
-from .objective import REFERENCE, FormatObjective, SearchObserver, TrialOutcome
+from .objective import DUPLICATE_OF, REFERENCE, TrialOutcome
 from .pruning import make_pruner
-from .samplers import make_sampler
-from .scores import QuestionScore
+from .samplers import SAMPLERS, make_sampler, process_seed
 from .sensitivity import FormatSensitivity
 from .space import FormatSpace
-from .storage import open_storage, search_storage_url
-from .workers import Budget, Workers
+from .storage import create_study, open_storage, search_storage_url
+from .workers import Budget
 
 
-class StudyMismatch(ValueError):
+class StudyMismatch(ConfigError):
     """``--study NAME`` names a study made with another space, score or dev split."""
 
 
@@ -68,13 +71,23 @@ class SearchSettings:
     liveness: Liveness = Liveness()
     references: tuple[str | PromptFormat, ...] = PAPER_FORMATS
 
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"
+                              f"{did_you_mean(self.sampler, SAMPLERS)}")
+        if not 0 < self.p_threshold < 1:
+            raise ConfigError(f"--p-threshold must be in (0, 1), got {self.p_threshold}")
+
 
 @dataclass(frozen=True)
 class SearchResult:
     """Where a search stands: counts, LM calls used and saved by pruning, the best format and format sensitivity.
 
-    ``best`` is the best trial evaluated on the whole dev split (None before one finished); ``references`` the
-    reference formats' trials; ``trials`` every finished trial in number order.
+    ``n_complete`` counts finished (complete or pruned) trials as the trial budget does, repeats left out
+    (``n_duplicates``). ``best`` is the best trial evaluated on the whole dev split (None before one finished);
+    ``references`` the reference formats' trials; ``trials`` every finished trial in number order, repeated formats
+    (``duplicate_of``) included; ``screen`` the first stage of a screened search; ``test`` the finalists on the
+    test split.
     """
 
     study: str
@@ -89,28 +102,35 @@ class SearchResult:
     references: dict[str, TrialOutcome]
     sensitivity: FormatSensitivity
     trials: tuple[TrialOutcome, ...] = field(default=())
+    n_duplicates: int = 0
+    screen: Any = None
+    test: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def top(self, k: int) -> list[TrialOutcome]:
         """The ``k`` best trials evaluated on the whole dev split, best first."""
-        return sorted((o for o in self.trials if not o.pruned), key=lambda o: (-o.value, o.number))[:k]
+        full = (o for o in self.trials if not o.pruned and o.duplicate_of is None)
+        return sorted(full, key=lambda o: (-o.value, o.number))[:k]
 
     @classmethod
     def from_study(cls, study: optuna.Study, stop_reason: str = "") -> "SearchResult":
         frozen = study.get_trials(deepcopy=False)
-        outcomes = tuple(o for t in sorted(frozen, key=lambda t: t.number) if t.state == TrialState.COMPLETE
+        outcomes = tuple(o for t in sorted(frozen, key=lambda t: t.number)
                          for o in [TrialOutcome.from_trial(t)] if o is not None)
-        full = [o for o in outcomes if not o.pruned]
+        distinct = [o for o in outcomes if o.duplicate_of is None]  # what the trial budget counts
+        full = [o for o in distinct if not o.pruned]
         return cls(
             study=study.study_name, score=str(study.user_attrs.get("score", "")), stop_reason=stop_reason,
-            n_complete=len(outcomes), n_pruned=sum(o.pruned for o in outcomes),
-            n_failed=sum(t.state == TrialState.FAIL for t in frozen), lm_calls=sum(o.lm_calls for o in outcomes),
+            n_complete=len(distinct), n_pruned=sum(o.pruned for o in distinct),
+            n_failed=sum(t.state == TrialState.FAIL and DUPLICATE_OF not in t.user_attrs for t in frozen),
+            lm_calls=sum(int(t.user_attrs.get("lm_calls", 0)) for t in frozen),
             lm_calls_saved=sum(o.lm_calls_saved for o in outcomes),
             best=max(full, key=lambda o: (o.value, -o.number)) if full else None,
             references={o.reference: o for o in outcomes if o.reference and not o.pruned},
-            sensitivity=FormatSensitivity.from_outcomes(outcomes), trials=outcomes,
+            sensitivity=FormatSensitivity.from_outcomes(full), trials=outcomes,
+            n_duplicates=sum(o.duplicate_of is not None for o in outcomes),
         )
 
 
@@ -128,37 +148,53 @@ def load_search(run_dir: str | Path) -> tuple[SearchResult, RunManifest]:
     return SearchResult.from_study(study), manifest
 
 
-def identity(space: FormatSpace, score: QuestionScore, dev: Sequence[Question]) -> dict[str, Any]:
+def identity(space: FormatSpace, score: str, dev: Sequence[Question]) -> dict[str, Any]:
     """What must match for trials to be comparable: stored in the study's user attrs."""
     ids = "\n".join(q.id for q in dev)
-    return {"space": space.to_dict(), "score": score.name, "n_dev": len(dev),
+    return {"space": space.to_dict(), "score": score, "n_dev": len(dev),
             "dev_sha256": hashlib.sha256(ids.encode()).hexdigest()}
 
 
-def open_study(settings: SearchSettings, space: FormatSpace, score: QuestionScore,
+def open_study(settings: SearchSettings, space: FormatSpace, score: str,
                dev: Sequence[Question]) -> tuple[optuna.Study, Any]:
     """Create the study, or load it when it exists; returns ``(study, storage)``.
 
+    The process that creates the study samples with ``settings.seed`` (a fresh search is reproducible); every
+    process that joins or resumes it gets a seed of its own, so it does not replay the trials already sampled.
     Raises :class:`StudyMismatch` when an existing study was made with another space, score or dev split.
     """
     storage = open_storage(settings.storage)
-    study = optuna.create_study(
-        study_name=settings.study, storage=storage, direction="maximize", load_if_exists=True,
+    study, created = create_study(
+        storage, settings.study, direction="maximize",
         sampler=make_sampler(settings.sampler, space, settings.seed, settings.n_startup_trials),
         pruner=make_pruner(enabled=settings.prune, p_threshold=settings.p_threshold,
                            n_startup_steps=settings.n_startup_steps),
     )
+    if not created:
+        study.sampler = make_sampler(settings.sampler, space, process_seed(settings.seed), settings.n_startup_trials)
     wanted = identity(space, score, dev)
-    stored = {k: study.user_attrs[k] for k in wanted if k in study.user_attrs}
+    stored = {} if created else _stored_identity(study, wanted)
     if stored and stored != wanted:
         differ = ", ".join(k for k in wanted if stored.get(k) != wanted[k])
         raise StudyMismatch(f"study {settings.study!r} was made with another {differ}; resume it with the same "
                             "settings or use another --study")
     if not stored:
+        # References first: the identity is what tells processes that joined at creation the study is ready.
+        enqueue_references(study, space, settings.references)
         for key, value in wanted.items():
             study.set_user_attr(key, value)
-        enqueue_references(study, space, settings.references)
     return study, storage
+
+
+def _stored_identity(study: optuna.Study, wanted: dict[str, Any], wait_s: float = 30.0) -> dict[str, Any]:
+    """The identity a study was stamped with; waits for it while the process that just created the study (on
+    another machine, maybe) is still stamping it, and is empty when nobody does within ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        attrs = study.user_attrs  # read from the storage on every access
+        if all(k in attrs for k in wanted) or time.monotonic() > deadline:
+            return {k: attrs[k] for k in wanted if k in attrs}
+        time.sleep(0.1)
 
 
 def enqueue_references(study: optuna.Study, space: FormatSpace, formats: Sequence[str | PromptFormat]) -> list[str]:
@@ -174,20 +210,3 @@ def enqueue_references(study: optuna.Study, space: FormatSpace, formats: Sequenc
         study.enqueue_trial(params, user_attrs={REFERENCE: fmt.name}, skip_if_exists=True)
         done.append(fmt.name)
     return done
-
-
-def run_search(settings: SearchSettings, space: FormatSpace, dev: Sequence[Question], score: QuestionScore,
-               observer: SearchObserver | None = None) -> SearchResult:
-    """Open (or resume) the study and run it until its budget is spent (:func:`open_study` + :func:`run_study`)."""
-    study, storage = open_study(settings, space, score, dev)
-    return run_study(study, storage, settings, space, dev, score, observer)
-
-
-def run_study(study: optuna.Study, storage: Any, settings: SearchSettings, space: FormatSpace,
-              dev: Sequence[Question], score: QuestionScore, observer: SearchObserver | None = None) -> SearchResult:
-    """Run workers on an opened study until the budget is spent; Ctrl-C stops it with running trials re-queued."""
-    objective = FormatObjective(dev, space, score, threads=settings.threads, seed=settings.seed, observer=observer)
-    workers = Workers(study, storage, objective, settings.budget, settings.liveness, settings.n_workers)
-    objective.should_stop = lambda: workers.stopping
-    reason = workers.run()
-    return SearchResult.from_study(study, reason)

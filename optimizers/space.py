@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
+from medjp_agent.naming import format_name
 from medjp_agent.signatures.formats import (
     ANSWER_WORDS, INSTRUCTIONS, LABEL_SCHEMES, PERSONAS, PromptFormat, read_config, resolve_format,
 )
@@ -84,6 +85,15 @@ RELEVANT: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "chat": lambda f: f["template"] != "chat",  # the chat template always is
     "self_generated_cot": lambda f: f["shots"] > 0 and f["reasoning"] != "direct",
 }
+
+#: Axes the paper's harness layout (``template="harness"``) never renders: its choices are bare texts, its headers
+#: and answer are fixed, its demos hold the answer text only and it has no persona line. With that template they are
+#: not suggested and keep the base's value, so two harness points differing only there are one format (one set of
+#: params: the duplicate-trial check sees them as the same). ``reasoning`` only changes the instruction's hint.
+HARNESS_IGNORES = frozenset({
+    "persona", "labels", "full_width", "wrapper", "choice_layout", "separator", "casing", "joiner", "answer_word",
+    "output", "self_generated_cot",
+})
 
 #: Axes that cannot matter when a question is scored by the log-probability of its options (no generation), and
 #: the values they are fixed to there.
@@ -161,7 +171,8 @@ class FormatSpace:
 
     # -- sampling ---------------------------------------------------------------------------------------------------
     def sample(self, trial: "optuna.Trial") -> PromptFormat:
-        """Suggest every relevant axis on ``trial`` and return the format (named ``trial-N``).
+        """Suggest every relevant axis on ``trial`` and return the format, named by the values that differ from the
+        base (``markdown·upper·5shot``, :func:`~medjp_agent.naming.format_name`).
 
         Works with any Optuna trial, including ``optuna.trial.FixedTrial(params)`` to rebuild a format.
         """
@@ -169,7 +180,7 @@ class FormatSpace:
         for name, choices in self.axes.items():
             if self._relevant(name, values):
                 values[name] = trial.suggest_categorical(name, choices)
-        values["name"] = f"trial-{trial.number}"
+        values["name"] = format_name(values, self.base.to_dict(), self.axes)
         return PromptFormat(**values)
 
     def params_for(self, fmt: PromptFormat) -> dict[str, Any] | None:
@@ -187,6 +198,8 @@ class FormatSpace:
 
     @staticmethod
     def _relevant(name: str, values: Mapping[str, Any]) -> bool:
+        if values["template"] == "harness" and not _renders_in_harness(name, values):
+            return False
         rule = RELEVANT.get(name)
         return rule is None or rule(values)
 
@@ -226,6 +239,12 @@ def load_space(path: str | Path) -> FormatSpace:
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: a format space is a mapping with 'base' and 'axes'")
     return FormatSpace.from_dict(raw, source=str(path))
+
+
+def _renders_in_harness(name: str, values: Mapping[str, Any]) -> bool:
+    if name == "reasoning":  # the harness shows no reasoning; only an instruction with a hint slot changes with it
+        return values["instruction"] is None and "{reasoning}" in INSTRUCTIONS[values["language"]][values["wording"]]
+    return name not in HARNESS_IGNORES
 
 
 def _check_value(base: PromptFormat, name: str, value: Any) -> None:

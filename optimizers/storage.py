@@ -4,7 +4,9 @@
   runs in WAL mode with ``synchronous=NORMAL``: a killed process loses nothing, a power cut may lose the last few
   reports, and a report costs a few milliseconds instead of an fsync (a search writes one per question). SQLite
   locking does not work on network file systems: use a database server or a journal file there;
-- any SQLAlchemy RDB URL (``postgresql://user@host/db``, ``mysql://...``) for workers on several machines;
+- any SQLAlchemy RDB URL (``postgresql://user@host/db``, ``mysql://...``) for workers on several machines.
+  ``postgresql://`` uses psycopg 3 (the ``medjp-agent[postgres]`` extra). Several processes may open an empty
+  database at the same instant: creating Optuna's schema and the study is retried when they race;
 - ``journal:PATH`` (or a path ending in ``.log``/``.journal``): Optuna's append-only JournalFileStorage, for
   several workers sharing a file system where no database server runs;
 - ``None``: in memory (benchmarks and tests).
@@ -12,16 +14,33 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from medjp_agent.errors import ConfigError
+from medjp_agent.redact import without_masked_password
 
 STUDY_DB = "study.db"
 JOURNAL_PREFIX = "journal:"
 _JOURNAL_SUFFIXES = (".log", ".journal")
+#: Attempts at creating the schema or the study while other processes create them too.
+RACE_ATTEMPTS = 10
+#: SQLAlchemy dialect -> the extra that installs its driver.
+_DRIVER_EXTRAS = {"postgresql": "postgres"}
+
+
+class StorageError(ConfigError):
+    """A storage that cannot be opened, in one line: a missing driver (naming the extra), an unreachable server."""
 
 
 def default_storage_url(run_dir: str | Path) -> str:
@@ -42,13 +61,88 @@ def open_storage(url: str | None) -> BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise ValueError(f"storage {url!r}: expected an RDB URL (sqlite:///FILE, postgresql://...) or journal:PATH")
-    engine_kwargs = {}
+        raise StorageError(f"storage {url!r}: expected an RDB URL (sqlite:///FILE, postgresql://...) or journal:PATH")
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"creator": lambda: _sqlite_connection(path)}
-    return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return _rdb_storage(url, {"creator": lambda: _sqlite_connection(path)}, shown=url)
+    # A search runs for hours: a server connection dropped meanwhile (restart, firewall) is replaced, not raised.
+    return _rdb_storage(_with_driver(url), {"pool_pre_ping": True}, shown=url)
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver the ``postgres`` extra installs (SQLAlchemy before 2.1 assumes psycopg2)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], shown: str) -> RDBStorage:
+    """Open ``url``; a database error is retried (with jittered backoff) before it becomes a one-line
+    :class:`StorageError`.
+
+    Retried because several processes may create the same schema at once: the loser fails on ``CREATE TYPE``, a
+    table that already exists (SQLite) or the version row, and once the winner commits, the next attempt finds the
+    tables. A server that does not answer fails the same way after the last attempt (a few seconds).
+    """
+    shown = _hide_password(shown)
+    error: DBAPIError | None = None
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except ImportError as e:
+            raise StorageError(_missing_driver(shown, url, e)) from None
+        except ArgumentError as e:
+            raise StorageError(f"storage {shown}: {e}") from None
+        except DBAPIError as e:
+            error = e
+            _back_off(attempt)
+    raise StorageError(f"storage {shown}: {_first_line(error)}")
+
+
+def create_study(storage: BaseStorage, name: str, **kwargs: Any) -> tuple[optuna.Study, bool]:
+    """Study ``name`` in ``storage``, created when missing; returns ``(study, created)``.
+
+    When several processes start on an empty storage, exactly one gets ``created=True``; the others load the study
+    it made (they should wait for what its creator writes into it, such as its identity, before using it).
+    ``kwargs`` go to :func:`optuna.create_study` (``direction``, ``sampler``, ``pruner``).
+    """
+    loading = {k: v for k, v in kwargs.items() if k in ("sampler", "pruner")}
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            return optuna.load_study(study_name=name, storage=storage, **loading), False
+        except KeyError:
+            pass
+        try:
+            return optuna.create_study(study_name=name, storage=storage, **kwargs), True
+        except DuplicatedStudyError:
+            _back_off(attempt)  # another process created it between our look and our insert: load it
+    raise StorageError(f"study {name!r}: neither created nor loaded after {RACE_ATTEMPTS} attempts")
+
+
+def _back_off(attempt: int) -> None:
+    # Jittered, so processes that collided once do not collide again in step.
+    time.sleep(random.uniform(0.02, 0.1) * attempt)
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _missing_driver(shown: str, url: str, error: ImportError) -> str:
+    cause = error.__cause__ or error
+    extra = _DRIVER_EXTRAS.get(make_url(url).get_backend_name())
+    fix = f"pip install 'medjp-agent[{extra}]'" if extra else "install the database driver SQLAlchemy names for it"
+    return f"storage {shown}: no database driver ({cause}); {fix}"
+
+
+def _first_line(error: BaseException | None) -> str:
+    orig = getattr(error, "orig", None) or error
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
 def _sqlite_connection(path: Path) -> sqlite3.Connection:
@@ -62,7 +156,9 @@ def _sqlite_connection(path: Path) -> sqlite3.Connection:
 
 def search_storage_url(run_dir: str | Path, recorded: str | None) -> str:
     """The storage of a search run folder: the recorded URL, or the folder's own ``study.db`` when the folder was
-    moved (the recorded SQLite file no longer exists) or recorded nothing."""
+    moved (the recorded SQLite file no longer exists) or recorded nothing. A recorded password is masked
+    (:mod:`medjp_agent.redact`): the driver then reads it from its own settings (``PGPASSWORD``, ``~/.pgpass``)."""
+    recorded = without_masked_password(recorded) if recorded else recorded
     local = Path(run_dir) / STUDY_DB
     missing_sqlite = bool(recorded) and recorded.startswith("sqlite:///") and not Path(
         recorded.removeprefix("sqlite:///")).exists()

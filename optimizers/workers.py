@@ -1,8 +1,9 @@
 """Workers that run trials of one study until a budget is spent, robust to kills and to each other.
 
-Budgets count the whole study, not one process: ``n_trials`` finished trials and ``max_lm_calls`` LM calls over
-every run and worker (so a resumed search stops where the first would have), ``timeout_s`` for this run. A trial
-already running when a budget runs out finishes, so the LM-call budget may be passed by one trial per worker.
+Budgets count the whole study, not one process: ``n_trials`` finished (complete or pruned) trials and
+``max_lm_calls`` LM calls over every run and worker (so a resumed search stops where the first would have),
+``timeout_s`` for this run. The LM-call budget is checked before each question and counts every call (Medprompt's
+preparation included, :class:`CallBudget`); a trial it cuts short is failed, its calls recorded, and queued again.
 
 A worker claims a slot before it asks for a trial: within a process under a lock, across processes by the trial
 numbers the storage hands out (a trial whose number ranks beyond ``n_trials`` among the finished and running ones
@@ -21,15 +22,22 @@ from typing import TYPE_CHECKING, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from medjp_agent.evaluate import CallMeter
+
 from .liveness import Liveness
-from .objective import TrialInterrupted
+from .objective import DUPLICATE_OF, BudgetSpent, DuplicateTrial, TrialInterrupted, TrialOutcome
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-StopReason = Literal["n_trials", "timeout", "max_lm_calls", "interrupted"]
+StopReason = Literal["n_trials", "timeout", "max_lm_calls", "interrupted", "exhausted"]
 SURPLUS = "surplus"
-_HELD = (TrialState.COMPLETE, TrialState.RUNNING)
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_HELD = (*_FINISHED, TrialState.RUNNING)
+#: Fresh samples that repeated a running or waiting trial in a row, before a worker waits for one to finish.
+MAX_RESAMPLES = 20
+#: Samples in a row that repeated finished trials: the sampler has nothing new to try (a small space, converged).
+MAX_REPEATS = 30
 
 
 @dataclass(frozen=True)
@@ -40,18 +48,56 @@ class Budget:
     timeout_s: float | None = None
     max_lm_calls: int | None = None
 
-    def spent(self, trials: Sequence[FrozenTrial], elapsed_s: float) -> StopReason | None:
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        if self.n_trials is not None and len(complete) >= self.n_trials:
+    def spent(self, trials: Sequence[FrozenTrial], elapsed_s: float, lm_calls: int | None = None) -> StopReason | None:
+        """Which budget ran out; ``lm_calls`` defaults to the calls the trials recorded."""
+        if self.n_trials is not None and len(counted(trials)) >= self.n_trials:
             return "n_trials"
         if self.timeout_s is not None and elapsed_s >= self.timeout_s:
             return "timeout"
-        if self.max_lm_calls is not None and sum(int(t.user_attrs.get("lm_calls", 0)) for t in complete) >= self.max_lm_calls:
+        calls = recorded_calls(trials) if lm_calls is None else lm_calls
+        if self.max_lm_calls is not None and calls >= self.max_lm_calls:
             return "max_lm_calls"
         return None
 
 
-Objective = Callable[[optuna.Trial], float]
+def counted(trials: Sequence[FrozenTrial], states: Sequence[TrialState] = _FINISHED) -> list[FrozenTrial]:
+    """The trials a trial budget counts: a repeated format copies a finished trial's value and costs nothing."""
+    return [t for t in trials if t.state in states and DUPLICATE_OF not in t.user_attrs]
+
+
+def recorded_calls(trials: Sequence[FrozenTrial]) -> int:
+    """LM calls the finished trials recorded (failed ones too: a trial cut short by the budget spent its calls)."""
+    return sum(int(t.user_attrs.get("lm_calls", 0)) for t in trials if t.state != TrialState.RUNNING)
+
+
+class CallBudget:
+    """The study's LM calls as this process sees them between two trial boundaries.
+
+    What finished trials recorded is read from the storage at each boundary; what this process spends is counted
+    call by call (:class:`~medjp_agent.evaluate.CallMeter`). With one process the count is exact; with several,
+    others' running trials are seen when they finish.
+    """
+
+    def __init__(self, limit: int | None, offset: int = 0):
+        self.limit, self.offset = limit, offset  # offset: calls spent before this study (a screening stage)
+        self.meter = CallMeter()
+        self._stored = 0
+        self._start: int | None = None
+
+    def refresh(self, trials: Sequence[FrozenTrial]) -> None:
+        self._stored = recorded_calls(trials)
+        if self._start is None:
+            self._start = self._stored
+
+    @property
+    def spent(self) -> int:
+        return self.offset + max(self._stored, (self._start or 0) + self.meter.calls)
+
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+
+Objective = Callable[[optuna.Trial], TrialOutcome]
 
 
 @dataclass
@@ -68,8 +114,10 @@ class Workers:
     budget: Budget
     liveness: Liveness = Liveness()
     n: int = 1
+    calls: CallBudget | None = None
 
     def __post_init__(self) -> None:
+        self.calls = self.calls or CallBudget(self.budget.max_lm_calls)
         self._stop = threading.Event()
         self._claim_lock = threading.Lock()
         self._errors: list[BaseException] = []
@@ -82,6 +130,13 @@ class Workers:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def stop_reason(self) -> StopReason | None:
+        """Asked before each question of a running trial."""
+        if self.stopping:
+            return "interrupted"
+        assert self.calls is not None
+        return "max_lm_calls" if self.calls.exhausted() else None
 
     def run(self) -> StopReason:
         """Run the workers to the end; Ctrl-C fails and re-queues the running trials, then re-raises."""
@@ -104,19 +159,29 @@ class Workers:
 
     # -- one worker -------------------------------------------------------------------------------------------------
     def _work(self, finished: threading.Event) -> None:
+        resampled = repeated = 0
         try:
             while not self.stopping:
                 self.liveness.reclaim(self.study, self.storage)
-                reason = self.budget.spent(self.study.get_trials(deepcopy=False), time.monotonic() - self._started)
+                trials = self.study.get_trials(deepcopy=False)
+                assert self.calls is not None
+                self.calls.refresh(trials)
+                reason = self.budget.spent(trials, time.monotonic() - self._started, self.calls.spent)
                 if reason:
                     self._reasons.append(reason)
                     return
                 trial = self._claim()
-                if trial is None:
-                    # Every slot is held by a running trial; wait for it to finish, or to die and be re-queued.
+                ran = self._run(trial) if trial is not None else None
+                resampled = resampled + 1 if ran is False else 0
+                repeated = repeated + 1 if ran == "repeat" else 0
+                if repeated >= MAX_REPEATS:
+                    self._reasons.append("exhausted")
+                    return
+                if trial is None or resampled >= MAX_RESAMPLES:
+                    # Every slot is held by a running trial (or every fresh sample repeats one): wait for it to
+                    # finish, or to die and be re-queued.
+                    resampled = 0
                     self._stop.wait(min(1.0, self.liveness.interval_s))
-                    continue
-                self._run(trial)
         except TrialInterrupted:
             self._reasons.append("interrupted")
         except BaseException as e:  # noqa: BLE001 - reported by run() after every worker has stopped
@@ -129,31 +194,56 @@ class Workers:
         with self._claim_lock:
             n_trials = self.budget.n_trials
             if n_trials is not None:
-                held = self.study.get_trials(deepcopy=False, states=_HELD)
-                if len(held) >= n_trials:
+                if len(counted(self.study.get_trials(deepcopy=False, states=_HELD), _HELD)) >= n_trials:
                     return None
             trial = self.study.ask()
             if n_trials is None:
                 return trial
-            held = self.study.get_trials(deepcopy=False, states=_HELD)
+            held = counted(self.study.get_trials(deepcopy=False, states=_HELD), _HELD)
             if sum(t.number < trial.number for t in held) < n_trials:
                 return trial
-        # Another process claimed the last slot between our count and our ask: give the slot back, and put an
-        # enqueued format (a reference or a retry) back in the queue.
-        trial.set_user_attr(SURPLUS, True)
+        # Another process claimed the last slot between our count and our ask: give the slot back.
+        self._give_back(trial, SURPLUS, True)
+        return None
+
+    def _give_back(self, trial: optuna.Trial, key: str, value: object) -> None:
+        """Fail ``trial`` (marked ``key``) without running it; an enqueued format (a reference or a retry) goes back
+        in the queue."""
+        trial.set_user_attr(key, value)
         frozen = self.study.tell(trial, state=TrialState.FAIL)
         fixed = frozen.system_attrs.get("fixed_params")
         if fixed:
-            self.study.enqueue_trial(fixed, user_attrs={k: v for k, v in frozen.user_attrs.items() if k != SURPLUS})
-        return None
+            self.study.enqueue_trial(fixed, user_attrs={k: v for k, v in frozen.user_attrs.items()
+                                                        if k not in (key, "format")})
 
-    def _run(self, trial: optuna.Trial) -> None:
+    def _run(self, trial: optuna.Trial) -> bool | Literal["repeat"]:
+        """Run one trial and tell the storage how it ended; False when it made way for a fresh sample, ``"repeat"``
+        when it copied a finished trial."""
         try:
             with self.liveness.beating(trial):
-                value = self.objective(trial)
+                outcome = self.objective(trial)
+        except DuplicateTrial as e:
+            self._give_back(trial, DUPLICATE_OF, e.number)
+            return False
+        except BudgetSpent as e:
+            trial.set_user_attr("lm_calls", e.lm_calls)
+            self._fail(trial)
+            return True
         except BaseException:
-            # Interrupted or failed: nothing is lost, the same params wait for the next worker or the next run.
-            frozen = self.study.tell(trial, state=TrialState.FAIL)
-            self.liveness.retry(self.study, frozen)
+            self._fail(trial)
             raise
-        self.study.tell(trial, value)
+        for key, value in outcome.user_attrs().items():
+            trial.set_user_attr(key, value)
+        if outcome.pruned:
+            # The value of a pruned trial is its last report: the mean over exactly what it had answered, at a
+            # step past every question's, so no paired test ever reads it as a question's score.
+            trial.report(outcome.value, step=outcome.n_questions)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, outcome.value)
+        return "repeat" if outcome.duplicate_of is not None else True
+
+    def _fail(self, trial: optuna.Trial) -> None:
+        # Interrupted or failed: nothing is lost, the same params wait for the next worker or the next run.
+        frozen = self.study.tell(trial, state=TrialState.FAIL)
+        self.liveness.retry(self.study, frozen)

@@ -4,10 +4,15 @@ It renders what the *program* holds, not constants: ``signature.instructions`` (
 rewrite), the answer field's ``prefix`` (COPRO rewrites it) and the demos. Raw-completion formats become one user
 message named :data:`RAW_PROMPT`, whose content the backend uses as the prompt verbatim; chat formats become
 system/user/assistant turns for the model's chat template.
+
+Its ``__call__`` (DSPy's public adapter entry point) renders each prompt once, sends exactly that, and reads every
+completion into an :class:`~medjp_agent.scoring.Extraction` with the extractor's public function, so the parsed
+answer keeps its type (labels, how they were found, or why nothing was) all the way to the result file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -15,8 +20,11 @@ from typing import Any
 
 import dspy
 
-from medjp_agent.data import LABELS
+from medjp_agent.data import LABELS, Question
+from medjp_agent.errors import lm_boundary
 from medjp_agent.lm.options import RAW_PROMPT
+from medjp_agent.prompt_log import prompts_logged
+from medjp_agent.scoring import Extraction, extract_answer, locate_answer
 
 from .formats import ALPACA_HEADER, DESCRIPTORS, PERSONAS, PromptFormat
 
@@ -36,6 +44,14 @@ def answer_prefix(signature: type[dspy.Signature], default: str) -> str:
 
 class Renderer:
     """Renders blocks of one format. Kept apart from the adapter so training data uses the very same text."""
+
+    def __new__(cls, fmt: PromptFormat, *args: Any, **kwargs: Any) -> "Renderer":
+        # The paper's harness layout has its own renderer; every caller keeps constructing a plain ``Renderer``.
+        if cls is Renderer and fmt.template == "harness":
+            from .harness import HarnessRenderer
+
+            cls = HarnessRenderer
+        return super().__new__(cls)
 
     def __init__(self, fmt: PromptFormat, instruction: str | None = None, marker: str | None = None):
         self.fmt = fmt
@@ -138,13 +154,14 @@ class Renderer:
         direct = self.fmt.reasoning == "direct" and self.fmt.output == "marker"
         return self.response_header() + (self.marker if direct else "")
 
-    def response(self, reasoning: str | None, answer: Any, n_choices: int) -> str:
-        """A demo's response body, as the model is expected to write it (after :meth:`response_header`)."""
+    def response(self, reasoning: str | None, answer: Any, choices: Sequence[str]) -> str:
+        """A demo's response body, as the model is expected to write it (after :meth:`response_header`), for a
+        question showing ``choices`` in this order (a subclass may answer with their texts)."""
         fmt = self.fmt
-        shown = self.display_answer(answer, n_choices)
+        shown = self.display_answer(answer, len(choices))
         reasoning = (reasoning or "").strip() if fmt.reasoning != "direct" else ""
         if fmt.output == "json":
-            labels = shown.split(",") if n_choices else shown
+            labels = shown.split(",") if choices else shown
             obj = {"reasoning": reasoning, "answer": labels} if reasoning else {"answer": labels}
             body = json.dumps(obj, ensure_ascii=False)
         else:
@@ -159,8 +176,9 @@ class Renderer:
 
     # -- whole prompts ------------------------------------------------------------------------------------------
     def demo_block(self, demo: dict[str, Any]) -> tuple[str, str]:
-        n = len(demo.get("choices") or [])
-        return self.example_input(_inputs_of(demo)), self.response(demo.get("reasoning"), demo.get("answer", ""), n)
+        choices = list(demo.get("choices") or [])
+        return self.example_input(_inputs_of(demo)), self.response(demo.get("reasoning"), demo.get("answer", ""),
+                                                                   choices)
 
     def completion_prompt(self, demos: Sequence[dict[str, Any]], inputs: dict[str, Any]) -> str:
         j = self.fmt.joiner
@@ -193,8 +211,6 @@ class Renderer:
         text = text.replace("</response>", "")
         if self.fmt.output == "json":
             return _parse_json_answer(text)
-        from medjp_agent.scoring import locate_answer
-
         found = locate_answer(text, self.marker)
         if found is None:
             if self.fmt.reasoning == "direct":  # the prompt already ended with the marker
@@ -242,7 +258,10 @@ class FormatAdapter(dspy.Adapter):
 
     def format(self, signature: type[dspy.Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
         r = self.renderer(signature)
-        demos = [dict(d) for d in demos]
+        # Demos that DSPy optimizers bootstrap carry whatever the traced prediction held; only the signature's
+        # fields belong in a prompt.
+        keep = {*signature.input_fields, *signature.output_fields, "reasoning"}
+        demos = [{k: v for k, v in d.items() if k in keep} for d in demos]
         inputs = {k: v for k, v in inputs.items() if k in signature.input_fields}
         if self.fmt.uses_chat:
             return r.chat_messages(demos, inputs)
@@ -263,11 +282,52 @@ class FormatAdapter(dspy.Adapter):
             return 'no "answer" in a JSON object in the completion'
         return f"no answer marker {self.renderer(signature).marker.strip()!r} in the completion"
 
-    def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):  # noqa: ANN001
-        # DSPy keeps only signature fields; the raw text and the parse failure must reach the results file. Both
-        # follow from what parse already returned, so nothing is parsed twice.
-        values = super()._call_postprocess(processed_signature, original_signature, outputs, lm, lm_kwargs)
-        for value, output in zip(values, outputs):
-            text = output.get("text") if isinstance(output, dict) else output
-            value.update(completion=text or "", parse_error=self.parse_error(processed_signature, value.get("answer")))
-        return values
+    def __call__(self, lm: dspy.BaseLM, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
+                 demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """Render the prompt once, send exactly that, and read every completion into an :class:`Extraction`.
+
+        This is DSPy's public adapter entry point (``Predict`` calls it), replaced whole so that the prompt hashed
+        is the prompt sent and the parsed answer keeps its type: each completion comes back with ``extraction``
+        (labels as *shown* in this prompt, how they were found, or why nothing was), ``completion`` (the raw text)
+        and ``prompt_hash``, next to the signature's own ``reasoning`` and ``answer``.
+        """
+        messages = self.format(signature, demos, inputs)
+        with lm_boundary():
+            outputs = lm(messages=messages, **lm_kwargs)
+        return self.read_all(signature, messages, inputs, outputs)
+
+    async def acall(self, lm: dspy.BaseLM, lm_kwargs: dict[str, Any], signature: type[dspy.Signature],
+                    demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """:meth:`__call__` on DSPy's async path (``Predict.aforward`` awaits it): the same prompt, sent with the
+        LM's ``acall``, read the same way."""
+        messages = self.format(signature, demos, inputs)
+        with lm_boundary():
+            outputs = await lm.acall(messages=messages, **lm_kwargs)
+        return self.read_all(signature, messages, inputs, outputs)
+
+    def read_all(self, signature: type[dspy.Signature], messages: list[dict[str, Any]], inputs: dict[str, Any],
+                 outputs: Sequence[Any]) -> list[dict[str, Any]]:
+        """Every output of one call of ``messages`` (rendered from ``inputs``), each read by :meth:`read`."""
+        prompt_hash = hash_prompt(messages)
+        shown = Question(id="", year=0, section="", text=str(inputs.get("question", "")),
+                         choices=tuple(inputs.get("choices") or ()), answers=())
+        # --log-prompts: the messages sent travel with each output to the question's result.
+        sent = {"prompt": messages} if prompts_logged() else {}
+        return [{**self.read(signature, output, shown, prompt_hash), **sent} for output in outputs]
+
+    def read(self, signature: type[dspy.Signature], output: Any, shown: Question, prompt_hash: str) -> dict[str, Any]:
+        """One LM output -> the signature's fields plus ``extraction``, ``completion`` and ``prompt_hash``."""
+        text = str((output.get("text") if isinstance(output, dict) else output) or "")
+        parsed = self.parse(signature, text)
+        if not text.strip():
+            extraction = Extraction(reason="empty completion")
+        elif parsed["parse_error"] is not None:
+            extraction = Extraction(reason=parsed["parse_error"])
+        else:
+            extraction = extract_answer(parsed["answer"], shown, labels=self.fmt.display_labels)
+        return {**parsed, "extraction": extraction, "parse_error": extraction.reason, "prompt_hash": prompt_hash}
+
+
+def hash_prompt(messages: Sequence[dict[str, Any]]) -> str:
+    """Short hash of the messages exactly as sent, to tell results of different prompts apart."""
+    return hashlib.sha256(json.dumps(list(messages), ensure_ascii=False).encode()).hexdigest()[:16]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,40 @@ def demo_from_question(q: Question, reasoning: str | None = None) -> dict[str, A
         "question": q.text, "choices": list(q.choices), "reasoning": q.explanation if reasoning is None else reasoning,
         "answer": ",".join(q.answers),
     }
+
+
+@dataclass(frozen=True)
+class ExemplarPool:
+    """The demo pool a format draws from for one data source, and what a run manifest should say about it."""
+
+    demos: tuple[dict[str, Any], ...]
+    note: str = ""
+
+
+#: The paper's 1-shot exemplar is IgakuQA's 100E5, the first line of ``<igakuqa>/prompts/prompt.jsonl``.
+PAPER_EXEMPLAR = Path("prompts") / "prompt.jsonl"
+
+
+def exemplar_pool(data: str | Path, fmt: PromptFormat) -> ExemplarPool:
+    """The pool ``fmt`` takes its demos from when evaluating ``data``.
+
+    The paper formats (``template="harness"``) use the paper's exemplar: IgakuQA's 100E5 (answer text only, no
+    reasoning) when ``data`` is an IgakuQA checkout (or its ``data/`` folder); otherwise the bundled original
+    exemplars, and the note says the layout is the paper's but the exemplar a substitute. IgakuQA's text is never
+    bundled. Every other format uses the bundled exemplars.
+    """
+    from medjp_agent.data import load_exemplars
+
+    if fmt.template != "harness" or fmt.shots == 0:
+        return ExemplarPool(tuple(demo_from_question(q) for q in load_exemplars()))
+    root = Path(str(data))
+    found = next((r / PAPER_EXEMPLAR for r in (root, root.parent) if (r / PAPER_EXEMPLAR).is_file()), None)
+    if found is None:
+        return ExemplarPool(tuple(demo_from_question(q, reasoning="") for q in load_exemplars()),
+                            note="paper layout; the exemplar is a bundled substitute (IgakuQA's 100E5 is not "
+                                 "redistributed: pass an IgakuQA checkout as --data to use it)")
+    first = load_exemplars(found).questions[0]
+    return ExemplarPool((demo_from_question(first, reasoning=""),), note=f"paper exemplar {first.id} from {found}")
 
 
 def _question_text(demo: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """`PromptFormat`: one point in the prompt-format space, as plain frozen data.
 
-Every axis is a field here and is rendered in exactly one place, :mod:`medjp_agent.signatures.adapter`.
+Every axis is a field here and is rendered in exactly one place, :mod:`medjp_agent.signatures.adapter` (the
+paper harness's own layout, ``template="harness"``, in :mod:`medjp_agent.signatures.harness`, which it dispatches to).
 Formats serialise to YAML/JSON (:meth:`PromptFormat.to_dict` / :func:`load_formats`), so users add their own.
 """
 
@@ -14,7 +15,9 @@ from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
-Template = Literal["alpaca", "plain", "chat", "markdown", "xml", "json"]
+from medjp_agent.paths import slug_error
+
+Template = Literal["alpaca", "plain", "chat", "markdown", "xml", "json", "harness"]
 Position = Literal["header", "preamble", "after"]
 Language = Literal["ja", "en"]
 LabelScheme = Literal["latin", "upper", "katakana", "digits", "roman"]
@@ -40,11 +43,17 @@ INSTRUCTIONS: dict[str, dict[str, str]] = {
         "paper": "以下は医学知識に関する多肢選択問題です。{reasoning}最終的な答えを出力してください。",
         "exam": "医師国家試験の問題です。{reasoning}正しい選択肢を選んでください。",
         "concise": "次の医学の問題に答えてください。{reasoning}",
+        # The paper's own sentence (japanese-lm-med-harness, template.py); no reasoning hint, it has its own.
+        "harness": "以下は医学知識に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
+                   "最終的な答えとして5つの選択肢のうちの1つを出力してください。",
     },
     "en": {
         "paper": "The following are multiple-choice questions about medical knowledge. {reasoning}Output the final answer.",
         "exam": "This is a question from the Japanese medical licensing examination. {reasoning}Choose the correct option.",
         "concise": "Answer the following medical question. {reasoning}",
+        "harness": "The following are multiple choice questions about medical knowledge. Solve them in a step-by-step "
+                   "fashion, starting by summarizing the available information. Output a single option from the five "
+                   "options as the final answer.",
     },
 }
 
@@ -85,8 +94,10 @@ class PromptFormat:
 
     Attributes:
         name: A label for tables and files.
-        template: Family of the layout: Alpaca sections (the paper's), plain lines, a chat conversation (system +
-            user turns), Markdown headings, XML tags, or the inputs as one JSON object.
+        template: Family of the layout: Alpaca sections with labelled choices, plain lines, a chat conversation
+            (system + user turns), Markdown headings, XML tags, the inputs as one JSON object, or ``harness``: the
+            paper's own Alpaca prompts as its author's harness renders them (bare choice texts joined by ``,``, the
+            answer is the choice text; see :mod:`medjp_agent.signatures.harness`).
         instruction_position: ``preamble`` (once, before every example; the system message in chat), ``header``
             (first field of every example block) or ``after`` (last input field of every block).
         language: Language of the instruction, persona and descriptors.
@@ -142,6 +153,8 @@ class PromptFormat:
     self_generated_cot: bool = False
 
     def __post_init__(self) -> None:
+        if (bad_name := slug_error(self.name)) is not None:
+            raise ValueError(f"PromptFormat.name: {bad_name}")
         hints = get_type_hints(PromptFormat)
         for f in dataclasses.fields(self):
             allowed = get_args(hints[f.name])
@@ -203,10 +216,20 @@ class PromptFormat:
 
 ALPACA_HEADER = "以下に、あるタスクを説明する指示と、それに付随する入力があります。要求を適切に満たす応答を書きなさい。"
 
-#: The paper's two Alpaca variants (1-shot CoT), plus a few useful starting points.
+_HARNESS = PromptFormat(name="harness", template="harness", wording="harness", joiner="\n")
+
+#: Named formats with a one-line description each (``medjp formats list``). The ``paper-*`` formats are the paper's
+#: two prompts exactly as its author's harness renders them (1-shot, as the paper evaluates; ``-0shot`` as the
+#: harness's active templates); ``alpaca-labelled-*`` are medjp's earlier labelled-choice Alpaca variants.
 NAMED_FORMATS: dict[str, PromptFormat] = {
-    "paper-instruction-in-header": PromptFormat(name="paper-instruction-in-header"),
-    "paper-instruction-preamble": PromptFormat(name="paper-instruction-preamble", instruction_position="preamble"),
+    "paper-instruction-in-header": _HARNESS.replace(name="paper-instruction-in-header"),
+    "paper-instruction-preamble": _HARNESS.replace(name="paper-instruction-preamble",
+                                                   instruction_position="preamble"),
+    "paper-instruction-in-header-0shot": _HARNESS.replace(name="paper-instruction-in-header-0shot", shots=0),
+    "paper-instruction-preamble-0shot": _HARNESS.replace(name="paper-instruction-preamble-0shot",
+                                                         instruction_position="preamble", shots=0),
+    "alpaca-labelled-in-header": PromptFormat(name="alpaca-labelled-in-header"),
+    "alpaca-labelled-preamble": PromptFormat(name="alpaca-labelled-preamble", instruction_position="preamble"),
     "plain-ja-cot": PromptFormat(name="plain-ja-cot", template="plain", instruction_position="preamble", reasoning="cot"),
     "plain-ja-direct": PromptFormat(name="plain-ja-direct", template="plain", instruction_position="preamble",
                                     reasoning="direct", shots=0),
@@ -220,6 +243,22 @@ NAMED_FORMATS: dict[str, PromptFormat] = {
     "medprompt": PromptFormat(name="medprompt", template="plain", instruction_position="preamble", reasoning="cot",
                               shots=5, demo_selection="knn-tfidf", demo_order="nearest-last", self_generated_cot=True,
                               ensemble=5),
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "paper-instruction-in-header": "The paper's prompt, instruction in ### 指示： (medpalm_five_choice_cot_ja), 1-shot",
+    "paper-instruction-preamble": "The paper's prompt, instruction first (alpaca_med_five_choice_cot_ja), 1-shot",
+    "paper-instruction-in-header-0shot": "paper-instruction-in-header, 0-shot (the harness's active template)",
+    "paper-instruction-preamble-0shot": "paper-instruction-preamble, 0-shot (the harness's active template)",
+    "alpaca-labelled-in-header": "Alpaca sections, labelled choices (a. …), summarise-first CoT, 答え： marker, 1-shot",
+    "alpaca-labelled-preamble": "alpaca-labelled-in-header with the instruction once, before every example",
+    "plain-ja-cot": "Plain 問題/選択肢 lines, chain of thought, 答え： marker, 1-shot",
+    "plain-ja-direct": "Plain lines, the answer right after 答え：, 0-shot",
+    "chat-ja-cot": "Chat turns through the model's chat template, examinee persona, chain of thought",
+    "markdown-en-cot": "Markdown headings in English, chain of thought",
+    "xml-ja-cot": "XML-tagged fields, chain of thought",
+    "json-ja-cot": "Inputs and the answer as JSON objects, chain of thought",
+    "medprompt": "Medprompt: kNN 5-shot with self-generated CoT, choice-shuffle ensemble of 5",
 }
 
 PAPER_FORMATS = ("paper-instruction-in-header", "paper-instruction-preamble")
@@ -259,9 +298,15 @@ def resolve_format(spec: str | PromptFormat) -> PromptFormat:
         formats = load_formats(file)
         if name:
             if name not in formats:
-                raise ValueError(f"{file}: no format named {name!r} (has {', '.join(formats)})")
+                from medjp_agent.suggest import did_you_mean
+
+                raise ValueError(f"{file}: no format named {name!r}{did_you_mean(name, formats)} "
+                                 f"(has {', '.join(formats)})")
             return formats[name]
         if len(formats) != 1:
             raise ValueError(f"{file}: holds {len(formats)} formats; pick one with {file}:NAME")
         return next(iter(formats.values()))
-    raise ValueError(f"unknown format {spec!r}; named formats: {', '.join(NAMED_FORMATS)}, or a YAML/JSON file")
+    from medjp_agent.suggest import did_you_mean
+
+    raise ValueError(f"unknown format {spec!r}{did_you_mean(spec, NAMED_FORMATS)}; named formats: "
+                     f"{', '.join(NAMED_FORMATS)}, or a YAML/JSON file")

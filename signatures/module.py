@@ -7,8 +7,8 @@ Choice shuffling, self-consistency and Medprompt's shuffle ensemble are votes ov
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import random
 import threading
 from collections import Counter
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError
 
-from medjp_agent.data import LABELS, Question, load_exemplars
-from medjp_agent.scoring import extract_answer
+from medjp_agent.data import LABELS, load_exemplars
+from medjp_agent.prompt_log import prompts_logged
+from medjp_agent.scoring import Extraction
 
 from .adapter import FormatAdapter
 from .demos import DemoSelector, Embedder, demo_from_question
@@ -46,9 +46,10 @@ class MedicalQA(dspy.Module):
         embedder: Text embedder for ``knn-embedding`` demo selection.
         seed: Seed of random demo selection and choice shuffling.
 
-    Returns (from ``forward``) a ``dspy.Prediction`` with ``answer`` (canonical labels "a,c", or a number),
-    ``reasoning``, ``completion``, ``parse_error`` (None when parsed), ``samples`` (every voted answer),
-    ``prompt_hash`` and ``lm_calls``.
+    Returns (from ``forward``) a ``dspy.Prediction`` with ``extraction`` (the winning :class:`Extraction`, labels
+    in the original choice order, as the adapter found them), ``answer`` (the same labels as "a,c", for DSPy
+    metrics), ``reasoning``, ``completion``, ``parse_error`` (None when parsed), ``samples`` (every voted answer),
+    ``prompt_hash`` (of the prompt(s) actually sent) and ``lm_calls``.
 
     Example:
         >>> qa = MedicalQA("paper-instruction-preamble")
@@ -73,6 +74,15 @@ class MedicalQA(dspy.Module):
     def adapter(self) -> FormatAdapter:
         return FormatAdapter(self.format)
 
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """DSPy's state, with demos cut to the signature's fields: demos that optimizers bootstrap from traces also
+        carry what the adapter returned besides them (the extraction, the raw completion, the prompt hash)."""
+        state = super().dump_state(json_mode=json_mode)
+        keep = {*self.cot.predict.signature.fields, "augmented"}
+        for predictor in state.values():
+            predictor["demos"] = [{k: v for k, v in demo.items() if k in keep} for demo in predictor.get("demos", [])]
+        return state
+
     # -- Medprompt's self-generated chains of thought ------------------------------------------------------------
     def _ensure_self_generated_cot(self) -> None:
         with _PREPARE_LOCK:
@@ -83,7 +93,7 @@ class MedicalQA(dspy.Module):
             kept = []
             for demo in self._pool:
                 pred = zero_shot(question=demo["question"], choices=demo["choices"])
-                if pred.parse_error is None and sorted(pred.answer.split(",")) == sorted(demo["answer"].split(",")):
+                if pred.extraction.ok and sorted(pred.extraction.answer) == sorted(demo["answer"].split(",")):
                     kept.append({**demo, "reasoning": pred.reasoning})
             # Only chains that reached the gold answer are kept, as Medprompt does.
             self._pool = kept
@@ -101,76 +111,101 @@ class MedicalQA(dspy.Module):
         random.Random(digest).shuffle(order)
         return order
 
-    def prompt_hash(self, question: str, choices: Sequence[str], demos: Sequence[dict[str, Any]] | None = None) -> str:
-        """Hash of the exact rendered prompt (first vote), to tell results of different prompts apart.
-
-        ``demos`` are the per-question demos already selected (None: the predictor's own, or select them now)."""
-        if demos is None:
-            demos = self.cot.predict.demos if self._selector.fixed else self._selector.select(question, choices)
-        messages = self.adapter.format(self.cot.predict.signature, [dict(d) for d in demos],
-                                       {"question": question, "choices": list(choices)})
-        return hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:16]
-
     def forward(self, question: str, choices: Sequence[str] = ()) -> dspy.Prediction:
         if not self._cot_ready:
             self._ensure_self_generated_cot()
+        ballot = self._ballot(question, choices)
+        for order, kwargs in ballot.calls:
+            ballot.add(order, self._call(**kwargs))
+        return ballot.result()
+
+    async def aforward(self, question: str, choices: Sequence[str] = ()) -> dspy.Prediction:
+        """:meth:`forward` on DSPy's async path (``acall``): the same calls in the same order, awaited."""
+        if not self._cot_ready:
+            # One-off, shared by every question, and under a thread lock: prepared synchronously (it holds the event
+            # loop once), so no task of this loop can wait on the lock while another holds it.
+            self._ensure_self_generated_cot()
+        ballot = self._ballot(question, choices)
+        for order, kwargs in ballot.calls:
+            ballot.add(order, await self._acall(**kwargs))
+        return ballot.result()
+
+    def _ballot(self, question: str, choices: Sequence[str]) -> "_Ballot":
+        """The calls that answer one question: one per ensemble member, each with its own order of the choices."""
         fmt = self.format
         choices = list(choices)
-        samples: list[dict[str, Any]] = []
-        calls = 0
         # Demos depend on the question only, not on the vote: select them once.
         demos = self.cot.predict.demos if self._selector.fixed else self._selector.select(question, choices)
+        calls = []
         for vote in range(fmt.ensemble if choices else 1):
             order = self._permutation(question, len(choices), vote)
-            shown = [choices[i] for i in order]
-            kwargs: dict[str, Any] = {"question": question, "choices": shown}
+            kwargs: dict[str, Any] = {"question": question, "choices": [choices[i] for i in order]}
             if not self._selector.fixed:
                 kwargs["demos"] = demos
             if fmt.self_consistency > 1:
                 kwargs["config"] = {"n": fmt.self_consistency}
-            calls += 1
-            for out in self._call(**kwargs):
-                samples.append(self._read(out, question, shown, order))
-        return self._vote(samples, calls, self.prompt_hash(question, choices, demos))
+            calls.append((order, kwargs))
+        return _Ballot(calls)
 
     def _call(self, **kwargs: Any) -> list[dict[str, Any]]:
         with dspy.context(adapter=self.adapter):
-            try:
-                pred = self.cot(**kwargs)
-            except AdapterParseError as e:
-                return [{"reasoning": "", "answer": None, "completion": e.lm_response or "",
-                         "parse_error": "empty completion"}]
-        completions = pred.completions
-        return [completions[i].toDict() for i in range(len(completions))] if completions else [pred.toDict()]
+            return _outputs(self.cot(**kwargs))
 
-    def _read(self, out: dict[str, Any], question: str, shown: list[str], order: list[int]) -> dict[str, Any]:
-        """One completion -> canonical answer in the *original* choice order, or the reason it failed."""
-        error = out.get("parse_error")
-        answer: tuple[str, ...] = ()
-        if error is None and out.get("answer"):
-            shown_q = Question(id="", year=0, section="", text=question, choices=tuple(shown), answers=())
-            got = extract_answer(str(out["answer"]), shown_q, labels=self.format.display_labels)
-            error = got.reason
-            answer = tuple(sorted(LABELS[order[LABELS.index(a)]] for a in got.answer)) if shown else got.answer
-        elif error is None:
-            error = "empty answer"
-        return {"answer": answer, "error": error, "reasoning": out.get("reasoning") or "",
-                "completion": out.get("completion") or ""}
+    async def _acall(self, **kwargs: Any) -> list[dict[str, Any]]:
+        with dspy.context(adapter=self.adapter):
+            return _outputs(await self.cot.acall(**kwargs))
 
-    @staticmethod
-    def _vote(samples: list[dict[str, Any]], calls: int, prompt_hash: str) -> dspy.Prediction:
-        parsed = [s for s in samples if s["error"] is None]
-        if parsed:
-            winner = Counter(s["answer"] for s in parsed).most_common(1)[0][0]
-            best = next(s for s in parsed if s["answer"] == winner)
-            error = None
-        else:
-            winner, best = (), samples[0]
-            error = best["error"]
-        return dspy.Prediction(
-            answer=",".join(winner), reasoning=best["reasoning"], completion=best["completion"], parse_error=error,
-            samples=[list(s["answer"]) for s in samples], prompt_hash=prompt_hash, lm_calls=calls,
-        )
 
+@dataclasses.dataclass
+class _Ballot:
+    """One question's votes: the calls to make (``(order of the choices, predictor kwargs)``) and what came back."""
+
+    calls: list[tuple[list[int], dict[str, Any]]]
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    hashes: list[str] = dataclasses.field(default_factory=list)
+    prompts: list[Any] = dataclasses.field(default_factory=list)  # the messages sent, kept only under --log-prompts
+
+    def add(self, order: list[int], outputs: list[dict[str, Any]]) -> None:
+        self.hashes.append(outputs[0]["prompt_hash"])
+        self.prompts.append(outputs[0].get("prompt"))
+        self.samples += [_in_original_order(out, order) for out in outputs]
+
+    def result(self) -> dspy.Prediction:
+        hashes, prompts = self.hashes, self.prompts
+        # One prompt: its hash; an ensemble: the hash of its prompts in the order they were sent.
+        prompt_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256(":".join(hashes).encode()).hexdigest()[:16]
+        # An ensemble's prompts in the order they were sent, like its hash.
+        prompt = (prompts[0] if len(prompts) == 1 else prompts) if prompts_logged() else None
+        return _vote(self.samples, len(hashes), prompt_hash, prompt)
+
+
+def _outputs(pred: dspy.Prediction) -> list[dict[str, Any]]:
+    """Every completion of one predictor call (``n`` of them under self-consistency)."""
+    completions = pred.completions
+    return [completions[i].toDict() for i in range(len(completions))] if completions else [pred.toDict()]
+
+
+def _in_original_order(out: dict[str, Any], order: list[int]) -> dict[str, Any]:
+    """One completion's extraction with labels mapped from the shown (maybe shuffled) order back to the original."""
+    got: Extraction = out["extraction"]
+    if got.answer and order != sorted(order):
+        got = dataclasses.replace(got, answer=tuple(sorted(LABELS[order[LABELS.index(a)]] for a in got.answer)))
+    return {"extraction": got, "reasoning": out.get("reasoning") or "", "completion": out.get("completion") or ""}
+
+
+def _vote(samples: list[dict[str, Any]], calls: int, prompt_hash: str, prompt: Any = None) -> dspy.Prediction:
+    """Majority vote over the parsed samples; the winner keeps the extraction of the first sample that gave it."""
+    parsed = [s for s in samples if s["extraction"].ok]
+    if parsed:
+        winner = Counter(s["extraction"].answer for s in parsed).most_common(1)[0][0]
+        best = next(s for s in parsed if s["extraction"].answer == winner)
+    else:
+        best = samples[0]
+    extraction: Extraction = best["extraction"]
+    return dspy.Prediction(
+        answer=",".join(extraction.answer), extraction=extraction, reasoning=best["reasoning"],
+        completion=best["completion"], parse_error=extraction.reason, prompt_hash=prompt_hash, lm_calls=calls,
+        samples=[list(s["extraction"].answer) for s in samples], prompt=prompt,
+    )
 
 __all__ = ["DEFAULT_FORMAT", "MedicalQA", "NAMED_FORMATS", "default_pool"]

@@ -171,8 +171,8 @@ def test_progress_rate_counts_only_this_run():
     console = Console(record=True, width=120, force_terminal=False)
     progress = RunProgress(4, [done], console=console)
     progress.progress.tasks[0].start_time -= 2.0  # two seconds into the run
-    progress.update(done)
-    progress.update(done)
+    progress.on_result(done)
+    progress.on_result(done)
     text = progress.progress.make_tasks_table(progress.progress.tasks)
     console.print(text)
     out = console.export_text()

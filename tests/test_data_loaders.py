@@ -72,34 +72,7 @@ def test_kinki_spellings_are_normalised(tmp_path: Path):
     assert [q.forbidden for q in qs] == [("c", "d", "e"), ("c",), ("d", "e")]
 
 
-BAD_CASES = [
-    # (question lines, metadata, expected line, expected field, message fragment)
-    (['{"problem_id": "T1", ', json.dumps(GOOD_Q)], None, 1, None, "invalid JSON"),
-    (["[1, 2]"], None, 1, None, "expected a JSON object"),
-    ([{k: v for k, v in GOOD_Q.items() if k != "answer"}], None, 1, "answer", "missing field"),
-    ([{k: v for k, v in GOOD_Q.items() if k != "problem_text"}], None, 1, "problem_text", "missing field"),
-    ([{**GOOD_Q, "answer": ["f"]}], None, 1, "answer", "not among the 5 choices"),
-    ([{**GOOD_Q, "answer": []}], None, 1, "answer", "one or more"),
-    ([{**GOOD_Q, "choices": [], "answer": ["abc"]}], None, 1, "answer", "numeric answer"),
-    ([{**GOOD_Q, "points": "x"}], None, 1, "points", "whole number"),
-    ([{**GOOD_Q, "text_only": "yes"}], None, 1, "text_only", "true or false"),
-    ([{**GOOD_Q, "choices": "abc"}], None, 1, "choices", "expected list"),
-    ([GOOD_Q, GOOD_Q], None, 2, "problem_id", "duplicate id 'T1'"),
-    ([GOOD_Q], [GOOD_META, {**GOOD_META, "problem_id": "T9"}], 2, "problem_id", "has no question"),
-    ([GOOD_Q], [{**GOOD_META, "kinki": ["z"]}], 1, "kinki", "not among"),
-    ([GOOD_Q], [{**GOOD_META, "kinki": "a"}], 1, "kinki", "list of labels"),
-]
-
-
-@pytest.mark.parametrize("questions,metadata,line,field,fragment", BAD_CASES)
-def test_bad_igakuqa_input_names_file_line_field(tmp_path, questions, metadata, line, field, fragment):
-    path = write_exam(tmp_path, questions, metadata)
-    with pytest.raises(DataError) as info:
-        load_igakuqa(tmp_path)
-    err = info.value
-    assert err.line == line and err.field == field and fragment in err.message
-    assert Path(err.path).name in (path.name, path.name.replace(".jsonl", "_metadata.jsonl"))
-    assert str(err).startswith(f"{err.path}:{line}: ")
+# Each kind of bad record, with its located message and exit code through the CLI: tests/test_bad_input.py.
 
 
 def test_lenient_mode_skips_and_counts(tmp_path: Path):
@@ -138,21 +111,6 @@ def test_medqa_loader_dict_and_list_options(tmp_path: Path):
     assert (b.id, b.answers, b.choices) == ("usmle-2", ("b",), ("x", "y"))
 
 
-@pytest.mark.parametrize("row,field,fragment", [
-    ({"question": "Q", "options": {"A": "x"}, "answer_idx": "C"}, "answer_idx", "not an option key"),
-    ({"question": "Q", "options": {"A": "x"}, "answer": "nope"}, "answer", "not the text of any option"),
-    ({"question": "Q", "options": {"A": "x"}}, "answer_idx", "missing field"),
-    ({"question": "Q", "options": {}}, "options", "non-empty"),
-    ({"options": {"A": "x"}, "answer_idx": "A"}, "question", "missing field"),
-])
-def test_bad_medqa_rows(tmp_path: Path, row, field, fragment):
-    path = tmp_path / "m.jsonl"
-    path.write_text(json.dumps({"question": "ok", "options": ["a"], "answer_idx": "A"}) + "\n" + json.dumps(row) + "\n")
-    with pytest.raises(DataError) as info:
-        load_medqa(path)
-    assert (info.value.line, info.value.field) == (2, field) and fragment in info.value.message
-
-
 def test_bundled_training_set_loads():
     ds = load_medqa(Path(__file__).resolve().parents[1] / "medjp_agent/data/sample/usmle_jp.jsonl")
     assert len(ds) == 60 and all(q.explanation for q in ds)
@@ -175,6 +133,36 @@ def test_csv_errors_name_the_physical_line(tmp_path: Path):
     assert (info.value.line, info.value.field) == (3, "gold")
     with pytest.raises(DataError, match="unknown field"):
         load_table(path, {"text": "stem", "answers": "gold", "colour": "x"})
+
+
+def test_csv_with_bom_fewer_choices_than_columns_and_lenient_rows(tmp_path: Path):
+    path = tmp_path / "q.csv"
+    path.write_bytes("\ufeffid,stem,A,B,C,gold\nx1,問1,い,ろ,,b\nx2,問2,い,,は,c\nx3,問3,い,ろ,は,a\n".encode())
+    cols = {"id": "id", "text": "stem", "choices": "A,B,C", "answers": "gold"}
+    with pytest.raises(DataError, match=r"q.csv:3: B: empty choice"):
+        load_table(path, cols)
+    ds = load_table(path, cols, lenient=True)
+    assert [(q.id, q.choices) for q in ds] == [("x1", ("い", "ろ")), ("x3", ("い", "ろ", "は"))]
+    assert len(ds.skipped) == 1 and ":3: B:" in ds.skipped[0]
+
+
+def test_missing_metadata_is_a_warning_and_leaves_forbidden_unknown(tmp_path: Path):
+    write_exam(tmp_path, [GOOD_Q, {**GOOD_Q, "problem_id": "T2"}])
+    ds = load_igakuqa(tmp_path)
+    assert len(ds) == 2 and not any(q.forbidden_known for q in ds) and ds.skipped == ()
+    (warning,) = ds.warnings
+    assert "900-A_metadata.jsonl: missing" in warning and "2 questions" in warning
+    write_exam(tmp_path, [GOOD_Q, {**GOOD_Q, "problem_id": "T2"}], [GOOD_META])
+    ds = load_igakuqa(tmp_path)
+    assert [q.forbidden_known for q in ds] == [True, False] and "no line for 1 questions (T2)" in ds.warnings[0]
+    assert load_dataset("sample").warnings == ()
+
+
+def test_whitespace_choices_are_kept(tmp_path: Path):
+    """IgakuQA's 114C11 lists its choices in a table in the text; its choices are full-width spaces."""
+    write_exam(tmp_path, [{**GOOD_Q, "choices": ["\u3000", "\u3000", "ｅ"], "answer": ["a"]}], [GOOD_META])
+    (q,) = load_igakuqa(tmp_path)
+    assert q.choices == ("\u3000", "\u3000", "ｅ")
 
 
 def test_jsonl_table_and_numeric_answer(tmp_path: Path):

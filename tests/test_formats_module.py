@@ -1,4 +1,4 @@
-"""PromptFormat rendering (golden files for the paper's two formats), the FormatAdapter and MedicalQA."""
+"""PromptFormat rendering (golden files for the labelled Alpaca formats), the FormatAdapter and MedicalQA."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from medjp_agent.data import LABELS, Question, load_dataset
 from medjp_agent.lm.options import RAW_PROMPT
 from medjp_agent.signatures import (
-    NAMED_FORMATS, PAPER_FORMATS, MedicalMCQ, MedicalQA, PromptFormat, Renderer, load_formats,
+    NAMED_FORMATS, MedicalMCQ, MedicalQA, PromptFormat, Renderer, load_formats,
     resolve_format,
 )
 
@@ -25,16 +25,19 @@ def rendered(qa: MedicalQA, q: Question) -> list[dict]:
                              {"question": q.text, "choices": list(q.choices)})
 
 
-@pytest.mark.parametrize("name", PAPER_FORMATS)
-def test_paper_formats_match_golden_files(name):
+LABELLED = ("alpaca-labelled-in-header", "alpaca-labelled-preamble")  # the paper's own: tests/test_paper_formats.py
+
+
+@pytest.mark.parametrize("name", LABELLED)
+def test_labelled_alpaca_formats_match_golden_files(name):
     (msg,) = rendered(MedicalQA(name), SAMPLE["SB7"])
     assert msg["name"] == RAW_PROMPT and msg["role"] == "user"
     assert msg["content"] == (GOLDEN / f"{name}.txt").read_text(encoding="utf-8")
 
 
-def test_paper_formats_differ_only_in_where_the_instruction_sits():
-    header, preamble = (rendered(MedicalQA(n), SAMPLE["SB7"])[0]["content"] for n in PAPER_FORMATS)
-    instruction = NAMED_FORMATS[PAPER_FORMATS[0]].task_instruction()
+def test_labelled_formats_differ_only_in_where_the_instruction_sits():
+    header, preamble = (rendered(MedicalQA(n), SAMPLE["SB7"])[0]["content"] for n in LABELLED)
+    instruction = NAMED_FORMATS[LABELLED[0]].task_instruction()
     assert header.count("### 指示：\n" + instruction) == 2  # in every block's 指示 section
     assert preamble.startswith(instruction) and preamble.count(instruction) == 1
     for text in (header, preamble):
@@ -45,7 +48,7 @@ def reply_for(fmt: PromptFormat, q: Question, answer: tuple[str, ...], order: li
     """What a well-behaved model writes in this format: the demo response shape, with display labels."""
     order = order or list(range(len(q.choices)))
     shown = ",".join(LABELS[order.index(LABELS.index(a))] for a in answer) if q.choices else answer[0]
-    body = Renderer(fmt).response("所見を整理すると", shown, len(q.choices))
+    body = Renderer(fmt).response("所見を整理すると", shown, [q.choices[i] for i in order] if q.choices else [])
     return body if fmt.uses_chat or fmt.reasoning != "direct" or fmt.output == "json" else body[len(fmt.marker):]
 
 
@@ -73,7 +76,7 @@ def test_chat_format_uses_system_and_demo_turns(scripted):
 def test_unparseable_answer_is_kept_with_reason(scripted):
     q = SAMPLE["SA1"]
     with dspy.context(lm=scripted("よくわからない")):
-        pred = MedicalQA()(question=q.text, choices=q.choices)
+        pred = MedicalQA("alpaca-labelled-in-header")(question=q.text, choices=q.choices)
     assert pred.answer == "" and pred.parse_error == "no answer marker '答え：' in the completion"
     assert pred.completion == "よくわからない"
     with dspy.context(lm=scripted("")):

@@ -81,3 +81,118 @@ def test_fingerprints_follow_content_not_place_or_time(tmp_path: Path):
     (copy / "model.safetensors").write_bytes(weights)
     assert fingerprint(copy) != first
     assert fingerprint("org/not-downloaded") == "org/not-downloaded@unresolved"
+
+
+class Planted:
+    """A pickle that creates ``path`` when loaded: what a crafted cache entry would do with worse code."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_generation_cache_entry_is_dropped_never_loaded(tmp_path: Path):
+    import diskcache
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "generations"
+    planter = diskcache.Cache(str(folder))  # diskcache's default: pickles
+    planter.set("planted", Planted(marker))
+    planter.set("old-style", GEN.to_dict())
+    planter.close()
+    cache = GenerationCache(folder)
+    with pytest.warns(UserWarning, match="dropped"):
+        assert cache.get("planted") is None
+    with pytest.warns(UserWarning, match="dropped"):
+        assert cache.get("old-style") is None  # a pickled dict is refused too: only JSON text is read
+    assert not marker.exists() and "planted" not in cache._store
+    cache.put_many([("mine", GEN)])
+    assert cache.get("mine") == GEN
+    cache.close()
+
+
+def test_dspy_response_cache_refuses_pickled_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import dspy
+    from diskcache import FanoutCache
+
+    from medjp_agent.lm.cache import configure_dspy_cache
+
+    marker, folder = tmp_path / "ran", tmp_path / "dspy"
+    request = {"model": "openai/m", "messages": [{"role": "user", "content": "x"}]}
+    planter = FanoutCache(str(folder), shards=16)
+    planter.set(dspy.cache.cache_key(request), Planted(marker))
+    planter.close()
+    previous = dspy.cache
+    try:
+        assert configure_dspy_cache(folder) == folder
+        assert dspy.cache.get(request) is None and not marker.exists()
+    finally:
+        dspy.cache = previous
+
+
+def test_cache_folders_other_users_may_write_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+    import stat
+
+    from medjp_agent.lm.cache import UnsafeCacheDir, configure_dspy_cache, private_dir
+
+    fresh = private_dir(tmp_path / "new" / "generations")
+    assert stat.S_IMODE(fresh.stat().st_mode) & 0o077 == 0  # created private, whatever the umask
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for mode in (0o777, 0o775):
+        os.chmod(shared, mode)
+        with pytest.raises(UnsafeCacheDir, match="writable by other users"):
+            GenerationCache(shared)
+        monkeypatch.setenv("DSPY_CACHEDIR", str(shared))
+        with pytest.raises(UnsafeCacheDir, match="chmod go-w"):
+            configure_dspy_cache()
+    os.chmod(shared, 0o755)
+    GenerationCache(shared).close()
+
+
+@pytest.mark.slow
+def test_cache_key_model_part_follows_quantization_dtype_and_versions(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    from medjp_agent.lm import fingerprint as fp
+    from medjp_agent.lm.loading import load
+    from medjp_agent.lm.options import LMOptions
+
+    from medjp_agent.lm.hf import HFLM
+
+    loads = [load(LMOptions(model=str(tiny_model), **o)) for o in (
+        {"dtype": "float32"}, {"dtype": "bfloat16"}, {"load_in_4bit": True}, {"load_in_4bit": True, "dtype": "float32"})]
+    fp32 = loads[0].model
+    prints = [fp.numerics_fingerprint(loaded.model) for loaded in loads]
+    assert len(set(prints)) == 4
+    # The HF backend's cache keys carry it: a 4-bit run never reads a full-precision run's generations.
+    lms = [HFLM(loaded, cache=None) for loaded in loads]
+    assert len({lm.fingerprint for lm in lms}) == 4
+    for lm in lms:
+        lm.close()
+    assert fp.numerics_fingerprint(load(LMOptions(model=str(tiny_model), dtype="float32")).model) == prints[0]
+    monkeypatch.setattr(fp, "_version", lambda name: "9.9" if name == "torch" else "1.0")
+    assert fp.numerics_fingerprint(fp32) != prints[0]
+
+
+def test_an_api_backend_reads_dspy_cache_with_restricted_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import dspy
+    from diskcache import FanoutCache
+
+    from medjp_agent.lm import build_lm
+    from medjp_agent.lm.options import LMOptions
+
+    marker, folder = tmp_path / "ran", tmp_path / "dspy"
+    request = {"model": "openai/m", "prompt": "x"}
+    planter = FanoutCache(str(folder), shards=16)
+    planter.set(dspy.cache.cache_key(request), Planted(marker))
+    planter.close()
+    monkeypatch.setenv("DSPY_CACHEDIR", str(folder))
+    previous = dspy.cache
+    try:
+        dspy.configure_cache(disk_cache_dir=str(folder))  # what DSPy builds by default: it unpickles anything
+        build_lm(LMOptions(model="m", api_base="http://127.0.0.1:9/v1"))
+        assert dspy.cache.get(request) is None and not marker.exists()
+    finally:
+        dspy.cache = previous

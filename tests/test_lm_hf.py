@@ -42,9 +42,13 @@ def lm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> HFLM:
 # (~1e-5 in fp32 logits) is amplified by bf16 rounding to ~0.05, and on this random model, whose top two logits
 # are often only 0.1-0.3 apart, one prompt in six then diverges after about ten tokens. That is numerics, not
 # batching; float32 compute makes the comparison exact, so it tests the batching itself.
-@pytest.mark.parametrize("quantized", [{}, pytest.param({"load_in_4bit": True, "dtype": "float32"},
-                                                        marks=pytest.mark.slow)], ids=["fp32", "nf4"])
-def test_batched_greedy_equals_unbatched(tiny_model: Path, quantized: dict):
+NF4 = {"load_in_4bit": True, "dtype": "float32"}
+
+
+@pytest.mark.parametrize(("quantized", "bnb_cpu_path"), [
+    ({}, None), *(pytest.param(NF4, path, marks=pytest.mark.slow) for path in ("fused", "unfused"))],
+    ids=["fp32", "nf4-fused", "nf4-unfused"], indirect=["bnb_cpu_path"])
+def test_batched_greedy_equals_unbatched(tiny_model: Path, quantized: dict, bnb_cpu_path: str | None):
     batched = HFLM.from_options(LMOptions(model=str(tiny_model), max_new_tokens=16, cache=False, **quantized))
     one_by_one = HFLM(batched.loaded, batch_size=1, max_tokens=16)
     try:
@@ -112,10 +116,11 @@ def test_stop_strings_end_the_completion(lm: HFLM):
     assert full.finish_reasons == ("length",)
 
 
-def ask_at_once(lm: HFLM, prompts: list[str], **kwargs) -> list[list[str]]:
-    """Concurrent DSPy calls through ``acall``: all queued within microseconds, so timing cannot split them."""
+def ask_at_once(lm: HFLM, prompts: list[str], errors: bool = False, **kwargs) -> list[list[str]]:
+    """Concurrent DSPy calls through ``acall``: all queued within microseconds, so timing cannot split them.
+    With ``errors``, a failed call gives its exception in its place instead of raising."""
     async def ask_all():
-        return await asyncio.gather(*(lm.acall(messages=raw(p), **kwargs) for p in prompts))
+        return await asyncio.gather(*(lm.acall(messages=raw(p), **kwargs) for p in prompts), return_exceptions=errors)
 
     return asyncio.run(ask_all())
 
@@ -207,3 +212,21 @@ def test_importing_the_lm_package_does_not_import_torch():
             "print(any(m in sys.modules for m in ('torch', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_prompt_longer_than_the_context_is_not_run_not_generated(lm: HFLM):
+    from medjp_agent.lm.errors import NotRun
+
+    context = lm.loaded.model.config.max_position_embeddings
+    long = "発熱 " * context
+    calls = lm.generate_calls
+    with pytest.raises(NotRun, match=f"prompt too long .* > the model's {context}-token context"):
+        lm.complete(messages=raw(long))
+    # Prompt + max_new_tokens is what must fit: a prompt that fits only with fewer new tokens runs with them.
+    ids = lm.tokenizer(long)["input_ids"][: context - 4]
+    fits = lm.tokenizer.decode(ids[1:])
+    n = len(lm.tokenizer(fits)["input_ids"])
+    with pytest.raises(NotRun, match="prompt too long"):
+        lm.complete(messages=raw(fits), max_tokens=context - n + 1)
+    assert lm.generate_calls == calls
+    assert lm.complete(messages=raw(fits), max_tokens=context - n).completion_tokens <= context - n

@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 import medjp_agent.lm as backends
 from medjp_agent.cli import app
 from medjp_agent.data import Question, load_dataset
+from medjp_agent.evaluate import answer_question
 from medjp_agent.optimizers import (
-    BEST_PROGRAM, OPTIMIZERS, ExamMetric, LogprobScore, OptimizerSettings, Splits, compile_program,
+    BEST_PROGRAM, OPTIMIZERS, ExamMetric, LogprobQA, OptimizeConfig, OptimizerSettings, Splits, compile_program,
+    run_optimize,
 )
 from medjp_agent.results import read_run
 from medjp_agent.signatures import FormatAdapter, MedicalQA, PromptFormat
@@ -131,7 +133,7 @@ def test_optimize_writes_run_folders_and_resumes(tmp_path, scripted_backend):
 
 def test_combined_mode_optimizes_within_the_searchs_best_formats(tmp_path, scripted_backend):
     space = tmp_path / "space.yaml"
-    space.write_text("axes:\n  template: [alpaca, plain, xml]\n  instruction_position: [header, preamble]\n",
+    space.write_text("axes:\n  template: [harness, alpaca, plain, xml]\n  instruction_position: [header, preamble]\n",
                      encoding="utf-8")
     searched = CliRunner().invoke(app, ["search", "--out", str(tmp_path / "search"), "--space", str(space),
                                         "--n-trials", "3", "--no-final", "--no-tui", "--split", "0.3,0.4,0.3"])
@@ -146,6 +148,16 @@ def test_combined_mode_optimizes_within_the_searchs_best_formats(tmp_path, scrip
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["extra"]["split"]["fractions"] == [0.3, 0.4, 0.3]  # the search's split, not the default
     assert (out / "test" / f"bootstrap-{summary['chosen']}").is_dir()
+
+
+def test_run_optimize_counts_every_lm_call_compile_included(tmp_path):
+    """The API the CLI calls: compiling, dev and test evaluations all go through counted LM calls."""
+    lm = ExamAndMetaLM(QUESTIONS, base=0.7)
+    config = OptimizeConfig("bootstrap", [PromptFormat(shots=0, reasoning="cot", name="cot")], SPLITS, lm,
+                            tmp_path / "opt", settings=OptimizerSettings(max_demos=1, threads=2))
+    result = run_optimize(config)
+    assert result.lm_calls == len(lm.calls) > 2 * len(SPLITS.test)  # compile calls too, not only the test runs
+    assert set(result.test) == {"bootstrap-cot", "cot"}
 
 
 @pytest.mark.slow
@@ -179,5 +191,5 @@ def test_bootstrap_and_logprob_score_on_the_tiny_hf_model(tiny_model):
                               settings=OptimizerSettings(max_demos=1, threads=2))
     assert isinstance(program, MedicalQA)
     q = next(q for q in SPLITS.dev if q.choices)
-    result = LogprobScore(lm, demo_pool=[]).prepare(PromptFormat(shots=0))(q)
+    result = answer_question(LogprobQA(PromptFormat(shots=0), demo_pool=[]), q, lm)
     assert result.score is not None and result.score <= 0.0 and result.lm_calls == 1

@@ -48,17 +48,18 @@ def test_output_files(run_dirs, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     res = invoke(*run_dirs, "--html", out / "r.html", "--csv", out / "r.csv", "--json", out / "r.json",
-                 "--plots", out / "plots")
+                 "--plots-dir", out / "plots")
     assert res.exit_code == 0, res.output
     page = (out / "r.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 2 and all(f">{d.name}<" in page for d in run_dirs)
+    assert page.count("data:image/png;base64,") == 4 and all(f">{d.name}<" in page for d in run_dirs)
     rows = list(csv.DictReader((out / "r.csv").open(encoding="utf-8")))
     assert [r["label"] for r in rows] == ["base", "better", "exam"]
     assert float(rows[1]["delta"]) == pytest.approx(0.3) and rows[1]["significant"] == "True"
     assert rows[2]["verdict_2019"] == "pass" and rows[0]["verdict_2025"] == "no cut-off known"
     report = json.loads((out / "r.json").read_text(encoding="utf-8"))
     assert report["baseline"] == "base" and report["comparisons"][0]["gained"] == 20
-    assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_by_year.png", "deltas.png"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_by_category.png", "accuracy_by_year.png",
+                                                                "deltas.png", "verdicts.png"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -46,9 +46,9 @@ def test_verdicts_gpt4_passes_every_year_chatgpt_fails(scored):
     status = {(v.run, v.year): v for v in report.verdicts}
     assert [status[("gpt4", y)].status for y in range(2018, 2023)] == ["pass"] * 5
     assert [status[("chatgpt", y)].status for y in range(2018, 2023)] == ["fail"] * 5
-    # 2018's totals are the official ones (verdict exact); 2020 and 2022 lack 3 compulsory points (approximate).
-    assert not status[("gpt4", 2018)].approximate
-    assert status[("gpt4", 2020)].approximate and status[("gpt4", 2020)].compulsory.possible == 197
+    # IgakuQA holds exactly the marked questions of every year (2020 and 2022: 197 compulsory points, as marked).
+    assert not any(status[("gpt4", y)].approximate for y in range(2018, 2023))
+    assert status[("gpt4", 2020)].compulsory.possible == status[("gpt4", 2020)].compulsory.official_total == 197
 
 
 def test_cli_report_on_the_two_runs(scored, tmp_path):

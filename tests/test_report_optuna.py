@@ -95,7 +95,7 @@ def test_search_tables_render(search_dir):
     for table in report_tables(build_report([], searches=searches)):
         console.print(table)
     text = " ".join(console.export_text().split())  # titles and captions wrap to the table's width
-    assert "axis importance (fANOVA)" in text and "best so far (maximize)" in text
+    assert "axis importance (fANOVA)" in text and "best so far (accuracy, maximize)" in text
     assert "accuracy by axis value" in text and "template=alpaca" in text
     importances = text[text.index("axis importance"):text.index("best so far")]
     assert importances.index("template") < importances.index("shots") < importances.index("chat")

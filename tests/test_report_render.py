@@ -47,7 +47,7 @@ def test_rich_tables(report):
     passed = next(line for line in verdicts.splitlines() if line.startswith("│ exam-pass"))
     assert "113th" in passed and "170/200 ≥ 160 ✓" in passed and "230/296 ≥ 209 ✓" in passed and "PASS" in passed
     failed = next(line for line in verdicts.splitlines() if line.startswith("│ exam-fail"))
-    assert "4 ≤ 3" in failed and "FAIL ~" in failed and "text_only=True" in failed
+    assert "4 > 3 ✗" in failed and "FAIL ~" in failed and "text_only=True" in failed
     assert "no cut-off known" in next(line for line in verdicts.splitlines() if line.startswith("│ base"))
     assert "第113回医師国家試験" in text
     flips = text[text.index("Flips: base → better"):]
@@ -73,7 +73,7 @@ def test_flips_limit_and_markdown(report):
 
 def test_html_page_is_self_contained_with_every_run_and_plot(report):
     plots = report_plots(report)
-    assert set(plots) == {"accuracy_by_year.png", "deltas.png"} and all(p.startswith(PNG) for p in plots.values())
+    assert set(plots) == {"accuracy_by_year.png", "accuracy_by_category.png", "deltas.png", "verdicts.png"} and all(p.startswith(PNG) for p in plots.values())
     page = render_html("medjp report", report_tables(report, reasoning_chars=None), plots)
 
     class Page(HTMLParser):
@@ -97,7 +97,7 @@ def test_html_page_is_self_contained_with_every_run_and_plot(report):
     text = " ".join(parser.text)
     assert all(label in text for label in ("base", "better", "exam-pass", "exam-fail"))
     assert "Exam verdicts" in text and "Flips: base → better" in text
-    assert len(parser.images) == 2 and not parser.external
+    assert len(parser.images) == 4 and not parser.external
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)

@@ -45,7 +45,9 @@ def test_katakana_words_are_not_labels():
 def test_failures_carry_reasons():
     assert extract_answer("考え中", MCQ, marker="答え：").reason == "no answer marker '答え：' in the completion"
     assert extract_answer("答え：", MCQ, marker="答え：").reason == "empty answer"
-    assert "no number" in extract_answer("答え：不明", NUM, marker="答え：").reason
+    assert extract_answer("答え：不明", NUM, marker="答え：").reason == "refusal"
+    assert "no number (or several)" in extract_answer("答え：多い", NUM, marker="答え：").reason
+    assert "no number (or several)" in extract_answer("答え：① 13 torr, ② 16 torr", NUM, marker="答え：").reason
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -57,7 +59,7 @@ def test_numeric_extraction(text, expected):
 
 
 def test_extraction_without_marker_reads_whole_text():
-    assert extract_answer("a,c", MCQ) == Extraction(("a", "c"), method="label")
+    assert extract_answer("a,c", MCQ) == Extraction(("a", "c"), method="label-line")
 
 
 def test_grade_exact_set_match_points_and_forbidden():

@@ -6,7 +6,8 @@ from rich.console import Console
 
 from medjp_agent.optimizers import Budget, TrialOutcome
 from medjp_agent.search_tui import (
-    BestPanel, BudgetLine, CurrentTrials, LogObserver, SearchMonitor, SearchSnapshot, TopTrials, dashboard,
+    BestPanel, BudgetLine, CurrentTrials, LogObserver, SearchMonitor, SearchSnapshot, SearchSummary, TopTrials,
+    dashboard,
 )
 
 
@@ -50,7 +51,7 @@ def test_top_trials_ranks_by_score_and_marks_pruned_and_references():
     lines = render(TopTrials(snapshot(), k=3)).splitlines()
     rows = [line for line in lines if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in rows] == ["2", "0", "1"]
-    assert "xml · '\\n'" in rows[0]  # searched axes, with whitespace values shown as reprs
+    assert "template=xml · separator='\\n'" in rows[0]  # axis=value, whitespace values shown as reprs
     assert "paper-instruction-in-header" in rows[1]
     assert "pruned" in render(TopTrials(snapshot(), k=4))
 
@@ -79,3 +80,33 @@ def test_dashboard_and_log_observer_render():
     console = Console(record=True, width=200)
     LogObserver(console).trial_done(outcome(3, 0.2, pruned=True))
     assert "trial 3 trial-3: score 0.200, accuracy 20.0%, pruned after 10/40, 10 LM calls" in console.export_text()
+
+
+def test_search_summary_shows_test_results_screening_and_repeats():
+    from medjp_agent.optimizers import FormatSensitivity, ScreenResult, SearchResult, TestRun
+
+    best = outcome(2, 0.625, template="xml")
+    repeat = outcome(5, 0.625, template="xml")
+    repeat = type(repeat)(**{**repeat.to_dict(), "duplicate_of": 2})
+    screen = ScreenResult("s-screen", 40, 12, 480, ("screen-3",), {"screen-3": -0.4}, {"screen-3": 0.6},
+                          spearman=0.8, p_value=0.1)
+    result = SearchResult(study="s", score="correct", stop_reason="n_trials", n_complete=5, n_pruned=1, n_failed=0,
+                          lm_calls=130, lm_calls_saved=30, best=best, references={o.reference: o for o in OUTCOMES[:2]},
+                          sensitivity=FormatSensitivity.from_outcomes(OUTCOMES[:3]), trials=(*OUTCOMES, repeat),
+                          n_duplicates=1, screen=screen,
+                          test={"best": TestRun("best", "runs/x", 0.6, 10, 6, 10, best.format)})
+    text = " ".join(render(SearchSummary(result)).split())
+    assert "5 trials (1 pruned, 1 repeated)" in text and "60.0%" in text
+    assert "Spearman's ρ between the stages' rankings +0.80 over 1 formats that ran both" in text
+    assert "(480 LM calls), 1 promoted" in text
+
+
+def test_log_observer_says_which_study_opened_and_marks_repeats():
+    console = Console(record=True, width=200)
+    observer = LogObserver(console)
+    observer.search_started("s", "sqlite:///x.db", OUTCOMES, 40)
+    repeat = type(OUTCOMES[2])(**{**OUTCOMES[2].to_dict(), "number": 9, "duplicate_of": 2})
+    observer.trial_done(repeat)
+    text = console.export_text()
+    assert "study s in sqlite:///x.db: 4 finished trials, 40 dev questions" in text
+    assert "same format as trial 2, not asked again" in text

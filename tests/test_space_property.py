@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 from medjp_agent.data import load_dataset
 from medjp_agent.optimizers import DEFAULT_AXES, FormatSpace, load_space
-from medjp_agent.signatures import NAMED_FORMATS, MedicalQA, PromptFormat
+from medjp_agent.optimizers.space import HARNESS_IGNORES
+from medjp_agent.signatures import (
+    NAMED_FORMATS, DemoSelector, FormatAdapter, MedicalQA, PromptFormat, default_pool, signature_for,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_search import PlantedLM  # noqa: E402
@@ -43,7 +46,9 @@ def test_sample_suggests_only_relevant_axes():
     for _ in range(60):
         trial = study.ask()
         fmt = SPACE.sample(trial)
-        assert ("casing" in trial.params) == (fmt.language == "en")
+        harness = fmt.template == "harness"
+        assert ("casing" in trial.params) == (fmt.language == "en" and not harness)
+        assert not harness or not HARNESS_IGNORES & set(trial.params)
         assert ("demo_selection" in trial.params) == (fmt.shots > 0)
         assert ("chat" in trial.params) == (fmt.template != "chat")
         assert set(trial.params) <= set(DEFAULT_AXES)
@@ -56,6 +61,41 @@ def test_named_formats_are_points_of_the_default_space(name):
     params = SPACE.params_for(fmt)
     assert params is not None
     assert SPACE.sample(optuna.trial.FixedTrial(params)).replace(name=fmt.name) == fmt
+
+
+def prompt_of(fmt: PromptFormat, q=PROBES[1]) -> str:
+    adapter = FormatAdapter(fmt)
+    demos = DemoSelector(fmt, default_pool()).select(q.text, q.choices)
+    return adapter.format(signature_for(fmt.task_instruction(), fmt.marker), demos,
+                          {"question": q.text, "choices": list(q.choices)})[-1]["content"]
+
+
+@pytest.mark.parametrize(("axis", "other"), [
+    ("labels", "katakana"), ("full_width", True), ("wrapper", "bracket"), ("choice_layout", "inline"),
+    ("separator", " - "), ("joiner", "\n\n"), ("answer_word", "正解"), ("persona", "professor"),
+    ("output", "json"), ("self_generated_cot", True), ("reasoning", "direct"),
+])
+def test_axes_the_harness_does_not_render_are_one_format(axis, other):
+    paper = NAMED_FORMATS["paper-instruction-in-header"]
+    assert getattr(paper, axis) != other
+    variant = paper.replace(**{axis: other})
+    assert prompt_of(variant) == prompt_of(paper)  # the axis changes nothing in the harness layout ...
+    params = SPACE.params_for(paper)
+    assert axis not in params  # ... so the search never suggests it: one set of params, one format
+    assert SPACE.params_for(variant) is None  # the variant is not a distinct point of the space
+    with_other = optuna.trial.FixedTrial({**params, axis: other})
+    assert SPACE.sample(with_other) == SPACE.sample(optuna.trial.FixedTrial(params))
+
+
+def test_axes_the_harness_renders_stay_searched():
+    paper = NAMED_FORMATS["paper-instruction-in-header"]
+    variants = [paper.replace(**change) for change in ({"instruction_position": "preamble"},
+                {"instruction_position": "after"}, {"language": "en"}, {"wording": "exam"}, {"shots": 0})]
+    prompts = {prompt_of(f) for f in [paper, *variants]}
+    assert len(prompts) == 1 + len(variants)
+    assert "reasoning" in SPACE.params_for(paper.replace(wording="exam"))  # its instruction holds the hint
+    assert prompt_of(paper.replace(wording="exam", reasoning="direct")) != prompt_of(paper.replace(wording="exam"))
+    assert all(SPACE.params_for(f) is not None for f in variants)
 
 
 def test_params_for_refuses_formats_outside_the_space():
@@ -89,7 +129,7 @@ def test_user_restricts_the_space_in_yaml(tmp_path):
     assert list(space.axes) == ["template", "labels"]
     assert space.base.reasoning == "cot" and space.base.name == "base"
     fmt = space.sample(optuna.trial.FixedTrial({"template": "markdown", "labels": "upper"}))
-    assert fmt == PromptFormat(**{**NAMED_FORMATS["plain-ja-cot"].to_dict(), "name": "trial-0",
+    assert fmt == PromptFormat(**{**NAMED_FORMATS["plain-ja-cot"].to_dict(), "name": "markdown.upper",
                                   "template": "markdown", "labels": "upper"})
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dspy
 import pytest
 from medjp_agent.signatures import MedicalQA, Renderer, resolve_format
 from medjp_agent.training.config import TrainConfig
-from medjp_agent.training.data import build_training_data, load_training_questions
+from medjp_agent.training.data import ExampleRenderer, build_training_data, load_training_questions
 
-from medjp_agent.data import load_medqa
+from medjp_agent.data import Question, load_medqa
 
 MEMO = Path(__file__).with_name("test_train_memo.jsonl")
+LABELLED = "alpaca-labelled-in-header"
 
 
 def rows(**changes) -> tuple:
@@ -22,9 +24,9 @@ def rows(**changes) -> tuple:
 
 def test_prompt_is_the_evaluation_prompt_and_completion_its_expected_answer():
     q = load_medqa(MEMO).questions[1]
-    qa = MedicalQA("paper-instruction-in-header", demo_pool=[])
+    qa = MedicalQA("alpaca-labelled-in-header", demo_pool=[])
     eval_prompt = qa.adapter.format(qa.cot.predict.signature, [], {"question": q.text, "choices": list(q.choices)})
-    row = rows()[1]
+    row = rows(format=LABELLED)[1]
     assert row["prompt"] == eval_prompt[0]["content"]
     assert row["prompt"].endswith("### 応答：\n")
     assert row["completion"] == "骨折である。\n答え：b"
@@ -39,7 +41,7 @@ def test_direct_format_does_not_repeat_the_marker_the_prompt_ends_with():
 
 @pytest.mark.parametrize("fmt, expected", [
     ("json-ja-cot", '{"answer": ["a"]}'), ("xml-ja-cot", "答え：a\n</response>"),
-    ("paper-instruction-preamble", "答え：a"),
+    ("alpaca-labelled-preamble", "答え：a"),
 ])
 def test_answer_only_target(fmt: str, expected: str):
     assert rows(format=fmt, target="answer")[0]["completion"] == expected
@@ -52,18 +54,18 @@ def test_chat_format_gives_conversational_rows():
 
 
 def test_format_shots_put_the_formats_demos_in_the_prompt():
-    fmt = resolve_format("paper-instruction-in-header")
+    fmt = resolve_format(LABELLED)
     pool_demo = MedicalQA(fmt).cot.predict.demos[0]
-    zero, one = rows()[0]["prompt"], rows(shots=(-1,))[0]["prompt"]
+    zero, one = rows(format=LABELLED)[0]["prompt"], rows(format=LABELLED, shots=(-1,))[0]["prompt"]
     assert pool_demo["question"] not in zero and pool_demo["question"] in one
     assert one.endswith(zero.split(Renderer(fmt).preamble(chat=False))[1])
-    both = rows(shots=(0, -1))
+    both = rows(format=LABELLED, shots=(0, -1))
     assert [r["prompt"] for r in both[:2]] == [zero, one] and len(both) == 2 * len(rows())
 
 
 def test_split_is_disjoint_and_the_fingerprint_follows_the_rendered_text():
     def data(**changes):
-        cfg = TrainConfig(data=str(MEMO), validation_fraction=0.5, **changes)
+        cfg = TrainConfig(data=str(MEMO), validation_fraction=0.5, **{"format": LABELLED, **changes})
         return build_training_data(cfg, load_training_questions(cfg))
 
     base = data()
@@ -74,8 +76,27 @@ def test_split_is_disjoint_and_the_fingerprint_follows_the_rendered_text():
                 data(split_seed=1).fingerprint}) == 4
 
 
+def test_paper_format_is_the_default_and_trains_the_choice_text_evaluation_parses(scripted):
+    assert TrainConfig().format == "paper-instruction-in-header"
+    q = load_medqa(MEMO).questions[1]
+    qa = MedicalQA("paper-instruction-in-header", demo_pool=[])
+    eval_prompt = qa.adapter.format(qa.cot.predict.signature, [], {"question": q.text, "choices": list(q.choices)})
+    row, answer_only = rows()[1], rows(target="answer")[1]
+    assert row["prompt"] == eval_prompt[0]["content"] and row["prompt"].endswith("### 応答：\n")
+    assert row["completion"] == answer_only["completion"] == "骨折"  # the harness's response: the text, no reasoning
+    several = Question(id="m", year=2025, section="M", text="熱と口渇の原因はどれか。2つ選べ。",
+                       choices=("感染", "骨折", "脱水"), answers=("a", "c"))
+    paper = ExampleRenderer(resolve_format("paper-instruction-in-header"), 0, "explanation")
+    completion = paper.row(several)["completion"]
+    assert completion == "感染,脱水"
+    for question, reply in ((q, row["completion"]), (several, completion)):
+        with dspy.context(lm=scripted(reply)):
+            pred = qa(question=question.text, choices=list(question.choices))
+        assert pred.parse_error is None and pred.answer == ",".join(question.answers)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["paper-instruction-in-header", "chat-ja-cot"])
+@pytest.mark.parametrize("fmt", ["alpaca-labelled-in-header", "paper-instruction-in-header", "chat-ja-cot"])
 def test_only_completion_tokens_carry_loss(tiny_model: Path, tmp_path: Path, fmt: str):
     from medjp_agent.training.trainer import build_trainer
 

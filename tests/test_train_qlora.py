@@ -3,6 +3,7 @@ changes the backend's answers, merges exactly, and an interrupted run resumes to
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from medjp_agent.training.config import TrainConfig, TrainConfigError
 pytestmark = pytest.mark.slow
 
 MEMO = Path(__file__).with_name("test_train_memo.jsonl")
-FORMAT = "paper-instruction-in-header"
+FORMAT = "alpaca-labelled-in-header"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,7 +83,7 @@ def test_adapter_is_saved_with_config_fingerprint_and_format(trained):
     assert TrainManifest.from_json(adapter / "train_manifest.json").data["fingerprint"] == expected
 
 
-def test_adapter_changes_the_backends_answers(trained, tiny_model: Path):
+def test_adapter_changes_the_backends_answers(trained, tiny_model: Path, bnb_cpu_path: str):
     from medjp_agent.signatures import MedicalQA
 
     from medjp_agent.data import load_medqa
@@ -162,9 +163,14 @@ def test_resume_after_a_kill_continues_exactly(tmp_path: Path, tiny_model: Path)
         run(tmp_path / "killed", callbacks=[KillAfterSave(2)])
     with pytest.raises(TrainConfigError, match="TrainConfig.out: .*--resume"):
         run(tmp_path / "killed")
+    # What a kill in the middle of the next save leaves: the adapter written, the trainer state not yet.
+    torn = tmp_path / "killed" / "checkpoint-3"
+    torn.mkdir()
+    shutil.copy(tmp_path / "killed" / "checkpoint-2" / "adapter_model.safetensors", torn)
     resumed = run(tmp_path / "killed", resume=True)
 
     assert resumed.resumed_from.endswith("checkpoint-2") and resumed.steps == 4
+    assert (tmp_path / "killed" / "incomplete-checkpoint-3" / "adapter_model.safetensors").is_file()
     steps = lambda p: [(r["step"], r["loss"]) for r in read_metrics(p / "metrics.jsonl") if "loss" in r]
     got, want = steps(tmp_path / "killed"), steps(tmp_path / "whole")
     assert [s for s, _ in got] == [1, 2, 3, 4]

@@ -65,7 +65,8 @@ class TrainConfig:
                                   "render every question once per value (e.g. 0 and -1), so the adapter does not "
                                   "depend on where in the context the question sits.", "Data")
     target: Target = _opt("explanation", "What the model learns to write: 'explanation' (the explanation as its "
-                          "reasoning, then the answer line) or 'answer' (the answer line only; shorter and faster).",
+                          "reasoning, then the answer line) or 'answer' (the answer line only; shorter and faster). "
+                          "The paper's formats answer with the choice text only, as its harness expects, either way.",
                           "Data")
     validation_fraction: float = _opt(0.1, "Share of the questions held out to report a validation loss (0: none).",
                                       "Data")

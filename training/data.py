@@ -91,7 +91,7 @@ class ExampleRenderer:
         demos = self.selector.select(q.text, q.choices) if self.selector else []
         inputs = {"question": q.text, "choices": list(q.choices)}
         reasoning = q.explanation if self.target == "explanation" else ""
-        response = self.renderer.response(reasoning, ",".join(q.answers), len(q.choices))
+        response = self.renderer.response(reasoning, ",".join(q.answers), q.choices)
         if self.fmt.uses_chat:
             return {"prompt": self.renderer.chat_messages(demos, inputs),
                     "completion": [{"role": "assistant", "content": response}]}

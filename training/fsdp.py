@@ -5,6 +5,10 @@ FSDP-QLoRA (Answer.AI with bitsandbytes; the PEFT and bitsandbytes guides) shard
     medjp train fsdp-config --num-processes 8 --out fsdp.yaml
     accelerate launch --config_file fsdp.yaml --no_python medjp train --config train.yaml
 
+``--cpu`` writes the same recipe for a CPU host (no weight broadcast, no offload, ``use_cpu``), to rehearse a
+launch (machines, ranks, data split, checkpoints, resume) before renting GPUs. accelerate shards only on
+accelerators, so on CPU the processes run as DDP over gloo, and ``medjp train`` says so at start-up.
+
 Keys of the generated file that FSDP-QLoRA depends on (see :data:`FSDP_QLORA_KEYS`):
 
 - ``distributed_type: FSDP`` with ``fsdp_sharding_strategy: FULL_SHARD``: parameters, gradients and optimizer
@@ -19,6 +23,9 @@ Keys of the generated file that FSDP-QLoRA depends on (see :data:`FSDP_QLORA_KEY
   cards.
 - ``fsdp_state_dict_type: SHARDED_STATE_DICT``: each rank saves its shard of a checkpoint; the final adapter is
   gathered when saved.
+- ``fsdp_activation_checkpointing: true``: FSDP checkpoints each decoder layer inside its sharded unit
+  (non-reentrant), as transformers recommends under FSDP, instead of the Trainer, whose checkpointing would
+  all-gather every layer a second time in the backward pass.
 
 What ``medjp train`` changes when it finds itself under FSDP (:func:`fsdp_ready`):
 
@@ -27,7 +34,7 @@ What ``medjp train`` changes when it finds itself under FSDP (:func:`fsdp_ready`
 - ``prepare_model_for_kbit_training`` is skipped: its float32 up-cast of norms and embeddings would mix dtypes
   inside one FSDP unit;
 - ``paged_adamw_8bit`` (any bitsandbytes 8-bit optimizer) becomes ``adamw_torch``: its state fails to save in
-  sharded checkpoints; and activation checkpointing uses the re-entrant implementation.
+  sharded checkpoints; and the Trainer leaves activation checkpointing to FSDP (see above).
 
 Merging an adapter is unsupported under FSDP: run ``medjp train merge`` afterwards, in a single process.
 """
@@ -53,13 +60,22 @@ FSDP_QLORA_KEYS: dict[str, Any] = {
     "fsdp_state_dict_type": "SHARDED_STATE_DICT",
     "fsdp_sync_module_states": True,
     "fsdp_use_orig_params": False,
+    "fsdp_activation_checkpointing": True,
+}
+
+#: What a CPU host cannot do: broadcast the weights from a device (so every rank reads them), or offload.
+CPU_CHANGES: dict[str, Any] = {
+    "fsdp_cpu_ram_efficient_loading": False,
+    "fsdp_sync_module_states": False,
+    "fsdp_offload_params": False,
 }
 
 
 def fsdp_accelerate_config(num_processes: int = 2, *, num_machines: int = 1, machine_rank: int = 0,
                            offload_params: bool = True, main_process_ip: str | None = None,
-                           main_process_port: int | None = None) -> dict[str, Any]:
-    """An ``accelerate launch --config_file`` mapping for FSDP-QLoRA on ``num_processes`` GPUs in all.
+                           main_process_port: int | None = None, cpu: bool = False) -> dict[str, Any]:
+    """An ``accelerate launch --config_file`` mapping for FSDP-QLoRA on ``num_processes`` GPUs in all (with
+    ``cpu``: processes on CPU hosts, see the module docstring).
 
     Mixed precision stays ``'no'`` in accelerate: the bf16 compute comes from the 4-bit layers and from the
     training arguments, as in the PEFT guide.
@@ -71,7 +87,7 @@ def fsdp_accelerate_config(num_processes: int = 2, *, num_machines: int = 1, mac
         "debug": False,
         "distributed_type": "FSDP",
         "downcast_bf16": "no",
-        "fsdp_config": {**FSDP_QLORA_KEYS, "fsdp_offload_params": offload_params},
+        "fsdp_config": {**FSDP_QLORA_KEYS, "fsdp_offload_params": offload_params, **(CPU_CHANGES if cpu else {})},
         "machine_rank": machine_rank,
         "main_training_function": "main",
         "mixed_precision": "no",
@@ -79,7 +95,7 @@ def fsdp_accelerate_config(num_processes: int = 2, *, num_machines: int = 1, mac
         "num_processes": num_processes,
         "rdzv_backend": "static",
         "same_network": True,
-        "use_cpu": False,
+        "use_cpu": cpu,
     }
     if main_process_ip:
         config["main_process_ip"] = main_process_ip
@@ -97,7 +113,7 @@ def write_fsdp_config(path: str | Path, **kwargs: Any) -> Path:
 
 
 def under_fsdp() -> bool:
-    """True inside a process started by ``accelerate launch`` with an FSDP config."""
+    """True inside a process started by ``accelerate launch`` with an FSDP config (which on CPU runs as DDP)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 

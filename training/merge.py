@@ -2,7 +2,8 @@
 
 The adapter was trained against a 4-bit base, but it is merged into the *unquantized* base: merging into NF4
 weights would re-quantize and lose the update's precision, and vLLM loads full-precision checkpoints anyway.
-Merging runs in one ordinary process; it is unsupported under FSDP, so a multi-GPU run merges afterwards.
+Merging runs in one ordinary process; it is unsupported under FSDP, so a multi-GPU run merges afterwards. Base and
+adapter load from safetensors only (see weights.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | None = No
 
     Returns:
         ``out``.
+
+    Raises:
+        PickleWeightsError: the base or the adapter folder holds pickle weights only.
     """
     import torch
     from peft import PeftModel
@@ -48,16 +52,20 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | None = No
     from medjp_agent.lm.loading import load_tokenizer
 
     from .fsdp import under_fsdp
+    from .weights import refuse_pickle_weights
 
     if under_fsdp():
         raise RuntimeError("merging is unsupported under FSDP: run `medjp train merge` in a single process")
     adapter, out = Path(adapter), Path(out)
     source = base or adapter_base(adapter)
+    refuse_pickle_weights(adapter, "adapter")
+    refuse_pickle_weights(source, "base model")
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
         raise ValueError(f"dtype {dtype!r} is not one of bfloat16, float16, float32")
-    model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                      use_safetensors=True)
+    merged = PeftModel.from_pretrained(model, str(adapter), use_safetensors=True).merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out), safe_serialization=True)
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()

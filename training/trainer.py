@@ -5,11 +5,12 @@ and embeddings up-cast to float32, input gradients for checkpointing), LoRA on e
 AdamW, a cosine schedule with warm-up, gradient accumulation and activation checkpointing. The loss covers only
 the completion: TRL masks prompt tokens of prompt/completion rows.
 
-A run folder holds ``checkpoint-N/`` (adapter-only checkpoints with optimizer, scheduler and RNG state, so a
-resumed run continues exactly), ``metrics.jsonl``, ``train_config.yaml`` and ``data.json`` (what a resume must
-match), and the final ``adapter/``: ``adapter_model.safetensors`` with the tokenizer, the resolved
-``train_config.yaml``, ``format.yaml`` (the prompt format, usable as ``medjp eval --format``) and
-``train_manifest.json`` (data fingerprint, losses, versions).
+A run folder holds ``checkpoint-N/`` (adapter-only checkpoints with optimizer, scheduler and RNG state, so a run
+resumed from the newest complete one continues exactly: see checkpoints.py), ``metrics.jsonl``,
+``train_config.yaml`` and ``data.json`` (what a resume must match), and the final ``adapter/``:
+``adapter_model.safetensors`` with the tokenizer, the resolved ``train_config.yaml``, ``format.yaml`` (the prompt
+format, usable as ``medjp eval --format``) and ``train_manifest.json`` (data fingerprint, losses, versions).
+Under ``accelerate launch`` every process runs :func:`train`; distributed.py says what changes.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from typing import Any
 
 from rich.console import Console
 
+from .checkpoints import checkpoints, newest_complete, step_of
 from .config import TrainConfig, TrainConfigError
 from .data import TrainingData, build_training_data, check_contamination, load_training_questions
-from .fsdp import fsdp_ready, under_fsdp
+from .distributed import Launch
+from .fsdp import fsdp_ready
+from .weights import refuse_pickle_weights
 
 #: Fields a resumed run may change: how long it runs and how it checkpoints and logs, not what it trains.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps")
@@ -49,6 +53,8 @@ class TrainManifest:
     seconds: float
     resumed_from: str | None = None
     contamination: tuple[str, ...] = ()
+    world_size: int = 1
+    distributed: str = "no"  # "DDP" or "FSDP" when several processes trained
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_json(self, path: Path) -> Path:
@@ -75,30 +81,35 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
     Raises:
         TrainConfigError: a bad value, a missing data file, a target module the model lacks, contamination under
             ``contamination: error``, or a resume whose data or settings differ from the interrupted run.
+        LaunchError: an ``accelerate launch`` config that cannot run on this host.
+        PickleWeightsError: a base model folder with pickle weights only.
     """
     from .progress import MetricsLog, RichProgress
 
-    console = console or Console()
-    sharded = under_fsdp()
-    if sharded:
-        cfg, notes = fsdp_ready(cfg)
-        for note in notes:
-            console.print(f"[yellow]{note}[/]", highlight=False)
+    launch = Launch.detect()
+    console = (console or Console()) if launch.main else Console(quiet=True)  # rank 0 speaks for the launch
+    notes = launch.notes(cfg)
+    if launch.sharded:
+        cfg, changes = fsdp_ready(cfg)
+        notes += changes
+    for note in notes:
+        console.print(f"[yellow]{note}[/]", highlight=False)
+    model_path = _base_model(cfg)
+    refuse_pickle_weights(model_path, "base model")
     questions = load_training_questions(cfg)
     contamination = _contamination(cfg, questions, console)
     data = build_training_data(cfg, questions)
-    model_path = _base_model(cfg)
     resolved = cfg.replace(model=model_path, format=data.format.to_dict())
     out = Path(cfg.out)
-    checkpoint = _resume_point(out, resolved, data, resume, console)
+    checkpoint = _resume_point(out, resolved, data, resume, console, launch.main)
     metrics = MetricsLog(out / "metrics.jsonl")
-    trainer = build_trainer(resolved, data, model_path, sharded, [metrics, RichProgress(console), *callbacks])
+    trainer = build_trainer(resolved, data, model_path, launch, [metrics, RichProgress(console), *callbacks])
     main = trainer.is_world_process_zero()
     if main:
         out.mkdir(parents=True, exist_ok=True)
         resolved.to_yaml(out / "train_config.yaml")
         (out / "data.json").write_text(json.dumps(data.summary(), ensure_ascii=False, indent=2), encoding="utf-8")
-        metrics.keep_until(_step_of(checkpoint) if checkpoint else 0)
+        metrics.keep_until(step_of(checkpoint) if checkpoint else 0)
         _warn_truncation(data, trainer.processing_class, cfg.max_length, console)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -109,7 +120,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
         # Checkpoints stay sharded; the final adapter is gathered into one ordinary safetensors file.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(adapter))
-    manifest = _manifest(trainer.state, resolved, data, adapter, seconds, checkpoint, contamination)
+    manifest = _manifest(trainer, resolved, data, adapter, seconds, checkpoint, contamination)
     if main:
         trainer.processing_class.save_pretrained(str(adapter))
         resolved.to_yaml(adapter / "train_config.yaml")
@@ -137,18 +148,20 @@ def _contamination(cfg: TrainConfig, questions: Any, console: Console) -> tuple[
     return found
 
 
-def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: bool, console: Console) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if last and not resume:
+def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: bool, console: Console,
+                  main: bool = True) -> str | None:
+    """The newest complete checkpoint to resume from (see checkpoints.py), after checking the run matches."""
+    if checkpoints(out) and not resume:
         raise TrainConfigError("out", f"{out} already holds checkpoints; pass --resume to continue that run, or "
                                "choose another --out")
     if not resume:
         return None
+    last, notes = newest_complete(out, set_aside=main)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]", highlight=False)
     if not last:
         if out.is_dir():
-            console.print(f"no checkpoint in {out}: starting from step 0", highlight=False)
+            console.print(f"no complete checkpoint in {out}: starting from step 0", highlight=False)
         return None
     saved = TrainConfig.from_yaml(out / "train_config.yaml").to_dict()
     for name, value in resolved.to_dict().items():
@@ -160,21 +173,18 @@ def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: 
         raise TrainConfigError("data", f"the rendered training data changed since the run in {out} started "
                                f"(fingerprint {saved_print}, now {data.fingerprint})")
     console.print(f"resuming from {last}", highlight=False)
-    return last
+    return str(last)
 
 
-def _step_of(checkpoint: str) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
-
-
-def load_base_model(cfg: TrainConfig, path: str, sharded: bool = False) -> Any:
-    """The base model ready for k-bit LoRA training (4-bit NF4 unless ``cfg.quantize`` is off)."""
+def load_base_model(cfg: TrainConfig, path: str, launch: Launch = Launch()) -> Any:
+    """The base model ready for k-bit LoRA training (4-bit NF4 unless ``cfg.quantize`` is off), from safetensors."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     compute = getattr(torch, cfg.compute_dtype)
-    kwargs: dict[str, Any] = {"dtype": compute, "trust_remote_code": cfg.trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": compute, "trust_remote_code": cfg.trust_remote_code, "use_safetensors": True,
+                              "device_map": launch.device_map(cfg)}
     if cfg.quantize:
         storage = getattr(torch, cfg.quant_storage)
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -183,7 +193,11 @@ def load_base_model(cfg: TrainConfig, path: str, sharded: bool = False) -> Any:
         if storage.is_floating_point:
             kwargs["dtype"] = storage  # FSDP-QLoRA: the load dtype must equal the packed weights' storage dtype
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if cfg.quantize and not sharded:
+    if cfg.quantize:
+        from medjp_agent.lm.bnb_cpu import guard_training
+
+        guard_training(model)  # bitsandbytes' fused CPU kernel has no backward: validation would cut gradients
+    if cfg.quantize and not launch.sharded:
         # Not under FSDP: its float32 up-cast would mix dtypes inside one sharded unit (see fsdp.py). Checkpointing
         # is left to the trainer (``activation_checkpointing``), which also enables the inputs' gradients for it.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -212,7 +226,7 @@ def lora_config(cfg: TrainConfig) -> Any:
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(cfg: TrainConfig, data: TrainingData, sharded: bool = False) -> Any:
+def sft_config(cfg: TrainConfig, data: TrainingData, launch: Launch = Launch()) -> Any:
     """TRL's ``SFTConfig`` for ``cfg``; unknown optimizer or scheduler names fail naming the field."""
     import torch
     from transformers.trainer_utils import SchedulerType
@@ -234,8 +248,10 @@ def sft_config(cfg: TrainConfig, data: TrainingData, sharded: bool = False) -> A
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
         bf16=cfg.compute_dtype == "bfloat16", fp16=cfg.compute_dtype == "float16",
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": True} if sharded and cfg.gradient_checkpointing else None,
+        # Non-reentrant: under DDP the reentrant kind marks a LoRA weight ready twice and fails on the first step.
+        activation_checkpointing=launch.trainer_checkpointing(cfg),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: nothing to search for
         max_length=cfg.max_length, packing=cfg.packing,
         logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
@@ -243,21 +259,21 @@ def sft_config(cfg: TrainConfig, data: TrainingData, sharded: bool = False) -> A
     )
 
 
-def build_trainer(cfg: TrainConfig, data: TrainingData, model_path: str, sharded: bool = False,
+def build_trainer(cfg: TrainConfig, data: TrainingData, model_path: str, launch: Launch = Launch(),
                   callbacks: Sequence[Any] = ()) -> Any:
     """The ``SFTTrainer`` :func:`train` runs: tokenizer, k-bit base, LoRA and SFT settings from ``cfg``."""
     import torch
     from transformers import PrinterCallback
-    from trl import SFTTrainer
 
     from medjp_agent.lm.loading import load_tokenizer
 
     from .progress import quiet_hf_progress
+    from .sft_trainer import SFTTrainer
 
-    args = sft_config(cfg, data, sharded)
+    args = sft_config(cfg, data, launch)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     with quiet_hf_progress():
-        model = load_base_model(cfg, model_path, sharded)
+        model = load_base_model(cfg, model_path, launch)
         check_target_modules(model, cfg.target_modules)
         train_set, validation_set = data.datasets()
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
@@ -292,8 +308,9 @@ def _format_yaml(data: TrainingData) -> str:
     return yaml.safe_dump({fmt.pop("name"): fmt}, allow_unicode=True, sort_keys=False)
 
 
-def _manifest(state: Any, cfg: TrainConfig, data: TrainingData, adapter: Path, seconds: float,
+def _manifest(trainer: Any, cfg: TrainConfig, data: TrainingData, adapter: Path, seconds: float,
               checkpoint: str | None, contamination: tuple[str, ...]) -> TrainManifest:
+    state, processes = trainer.state, trainer.accelerator.num_processes
     history = state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
@@ -303,6 +320,7 @@ def _manifest(state: Any, cfg: TrainConfig, data: TrainingData, adapter: Path, s
         data=data.summary(), steps=state.global_step, first_loss=losses[0] if losses else None,
         final_loss=losses[-1] if losses else None, eval_loss=evals[-1] if evals else None,
         tokens=int(tokens[-1]) if tokens else 0, seconds=round(seconds, 2), resumed_from=checkpoint,
-        contamination=contamination,
-        versions={p: version(p) for p in ("torch", "transformers", "peft", "trl", "bitsandbytes")},
+        contamination=contamination, world_size=processes,
+        distributed="FSDP" if getattr(trainer, "is_fsdp_enabled", False) else "DDP" if processes > 1 else "no",
+        versions={p: version(p) for p in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes")},
     )

@@ -16,7 +16,8 @@ import typer
 
 from .options import console
 
-TRAIN_FORMAT = "paper-instruction-in-header"
+#: The search's first reference format (the paper's prompt): the report's baseline.
+REFERENCE_FORMAT = "paper-instruction-in-header"
 
 
 def _invoke(app: typer.Typer, args: list[str]) -> None:
@@ -46,14 +47,14 @@ def register(app: typer.Typer) -> None:
         model = ensure_tiny_model()
         console.print(f"tiny random Llama at {model}")
         console.rule("[bold]2 · QLoRA training (4-bit NF4)")
-        adapter = ensure_demo_adapter(TRAIN_FORMAT)
+        adapter = ensure_demo_adapter()  # in its labelled DEMO_FORMAT: a label line is what 40 steps teach
         console.print(f"adapter at {adapter}")
         search_dir = out / "search"
         _invoke(app, ["search", "--model", str(model), "--adapter", str(adapter), "--out", str(search_dir),
                       "--n-trials", str(n_trials), "--threads", str(threads), "--max-new-tokens", "192",
                       *(["--no-tui"] if no_tui else [])])
         runs = sorted(str(p) for p in (search_dir / "test").iterdir() if (p / "results.jsonl").exists())
-        _invoke(app, ["report", *runs, "--baseline", str(search_dir / "test" / TRAIN_FORMAT),
+        _invoke(app, ["report", *runs, "--baseline", str(search_dir / "test" / REFERENCE_FORMAT),
                       "--html", str(out / "report.html")])
         console.print(f"[green]demo done:[/] runs in {out}, report in {out / 'report.html'}. The tiny model knows no "
                       "medicine: accuracies are chance level; the pipeline is the point.")

@@ -9,35 +9,50 @@ import typer
 
 from medjp_agent.lm.options import LMOptions
 
-from .options import DataOpt, FormatOpt, console, fail, load_questions, with_data_options, with_lm_options
+from .options import (
+    DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options, with_lm_options,
+)
+
+from .options import writable_dir
 
 DEFAULT_FORMAT = "paper-instruction-in-header"
 
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
+    @reports_errors
     @with_lm_options
     @with_data_options
     def eval_(
         data: DataOpt = "sample",
         format: FormatOpt = DEFAULT_FORMAT,
-        out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<format>). Re-running resumes it.")] = None,
-        threads: Annotated[int, typer.Option(help="Questions in flight at once; the backend batches them.")] = 16,
+        out: Annotated[Path | None, typer.Option(callback=writable_dir, help="Run folder (default runs/<model>__<format>__<time>). Re-running with the same --out resumes it.")] = None,
+        threads: Annotated[int, typer.Option(min=1, help="Questions in flight at once; the backend batches them.")] = 16,
         by: Annotated[str, typer.Option(help="Group the final table by year, section, category or qtype.")] = "year",
+        log_prompts: LogPromptsOpt = False,
         *,
         selection: dict,
         lm: LMOptions,
     ) -> None:
         """Answer exam questions in one prompt format, score them and write results.jsonl + summary.json."""
-        from medjp_agent.evaluate import RunInterrupted
-        from medjp_agent.runs import evaluate_run
+        from medjp_agent.clash import check_run_folder
+        from medjp_agent.errors import user_input
+        from medjp_agent.naming import default_run_name
+        from medjp_agent.paths import inside
+        from medjp_agent.prompt_log import log_prompts as keep_prompts
+        from medjp_agent.runs import EvalConfig, RunInfo, run_eval
+        from medjp_agent.signatures import MedicalQA, exemplar_pool, resolve_format
 
+        keep_prompts(log_prompts)
         dataset, questions, filters = load_questions(data, **selection)
-        try:
-            summary, run_dir = evaluate_run(questions, format, lm, out=out, data=dataset.source, filters=filters,
-                                            threads=threads, console=console, by=by)
-        except RunInterrupted as e:
-            raise fail(str(e), code=1) from None
-        except ValueError as e:
-            raise fail(str(e)) from None
+        with user_input("--format"):
+            fmt = resolve_format(format)
+        # The paper formats take IgakuQA's own exemplar from an IgakuQA checkout; the manifest says which was used.
+        pool = exemplar_pool(data, fmt)
+        program = MedicalQA(fmt, demo_pool=list(pool.demos))
+        run_dir = out or inside("runs", default_run_name(lm.model, program.format.name))
+        check_run_folder(run_dir, model=lm.model, data=dataset.source, format=program.format.to_dict())
+        run_eval(EvalConfig(questions, program, lm, run_dir, threads=threads, console=console, by=by,
+                            info=RunInfo(data=dataset.source, filters=filters,
+                                         extra={"exemplar": pool.note} if pool.note else {})))
         console.print(f"[green]wrote[/] {run_dir}")

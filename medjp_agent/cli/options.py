@@ -6,14 +6,17 @@ import functools
 import inspect
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medjp_agent.lm.options import LMOptions
+from medjp_agent.redact import redact_text
 
 # Piped output (logs, files) is read later in wide windows; rich would otherwise cut it at 80 columns.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
@@ -33,11 +36,14 @@ _LM_PARAMS: dict[str, tuple[Any, Any]] = {
     "device_map": (Annotated[str | None, typer.Option(help="transformers device map, e.g. auto.", rich_help_panel=_LM)], None),
     "max_memory": (Annotated[list[str] | None, typer.Option(help="Per-device memory cap DEVICE=SIZE (e.g. 0=70GiB, cpu=100GiB); repeatable.", rich_help_panel=_LM)], None),
     "trust_remote_code": (Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).", rich_help_panel=_LM)], False),
-    "batch_size": (Annotated[int, typer.Option(help="Most prompts per batched generate call.", rich_help_panel=_LM)], 16),
-    "max_new_tokens": (Annotated[int, typer.Option(help="Most tokens generated per answer.", rich_help_panel=_LM)], 512),
-    "temperature": (Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.", rich_help_panel=_LM)], 0.0),
-    "top_p": (Annotated[float, typer.Option(help="Nucleus sampling.", rich_help_panel=_LM)], 1.0),
+    "batch_size": (Annotated[int, typer.Option(min=1, help="Most prompts per batched generate call (an upper bound: batches are cut to fit the device's free memory or --max-memory).", rich_help_panel=_LM)], 16),
+    "max_new_tokens": (Annotated[int, typer.Option(min=1, help="Most tokens generated per answer.", rich_help_panel=_LM)], 512),
+    "temperature": (Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.", rich_help_panel=_LM)], 0.0),
+    "top_p": (Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling.", rich_help_panel=_LM)], 1.0),
     "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Bypass the on-disk generation cache.", rich_help_panel=_LM)], False),
+    "api_timeout": (Annotated[float, typer.Option(min=0.1, help="Seconds to wait for one reply from --api-base before retrying it.", rich_help_panel=_LM)], 600.0),
+    "api_retries": (Annotated[int, typer.Option(min=0, help="Retries of a failed --api-base request (timeout, 5xx, 429, dropped connection, empty reply), with exponential backoff from 1 s.", rich_help_panel=_LM)], 4),
+    "no_prefix_cache": (Annotated[bool, typer.Option("--no-prefix-cache", help="Prefill every prompt whole instead of reusing the KV cache of a batch's shared prefix (instruction + demos).", rich_help_panel=_LM)], False),
 }
 
 
@@ -51,6 +57,8 @@ def _lm_options(values: dict[str, Any]) -> LMOptions:
         trust_remote_code=values["trust_remote_code"], batch_size=values["batch_size"],
         max_new_tokens=values["max_new_tokens"], temperature=values["temperature"], top_p=values["top_p"],
         cache=not values["no_cache"], cache_dir=Path(cache_dir) if cache_dir else None,
+        timeout=values["api_timeout"], retries=values["api_retries"],
+        prefix_cache=not values["no_prefix_cache"],
     )
 
 
@@ -87,10 +95,12 @@ YearsOpt = Annotated[list[int] | None, typer.Option("--year", help="Keep these y
 SectionsOpt = Annotated[list[str] | None, typer.Option("--section", help="Keep these sections, e.g. 112-A or A (repeatable).")]
 TextOnlyOpt = Annotated[bool, typer.Option("--text-only", help="Only questions that need no figure.")]
 QTypeOpt = Annotated[list[str] | None, typer.Option("--qtype", help="single, multi or numeric (repeatable).")]
-ChoicesOpt = Annotated[list[int] | None, typer.Option("--n-choices", help="Keep questions with this many choices (repeatable).")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N selected questions.")]
+ChoicesOpt = Annotated[list[int] | None, typer.Option("--n-choices", min=0, help="Keep questions with this many choices (repeatable).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N selected questions.")]
 LenientOpt = Annotated[bool, typer.Option("--lenient", help="Skip bad input records with a counted warning instead of stopping.")]
 ColumnsOpt = Annotated[list[str] | None, typer.Option("--column", help="FIELD=COLUMN mapping for a generic JSONL/CSV file (repeatable).")]
+LogPromptsOpt = Annotated[bool, typer.Option("--log-prompts", help="Keep each question's exact prompt in results.jsonl (see it with `medjp report --show QID RUN`).")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="A named selection: harness (the paper harness's questions: text-only, 5 choices, at most 1,024 characters).")]
 
 #: Data-selection flags: flag parameter -> (``load_questions`` keyword, annotation, default).
 _SELECTION: dict[str, tuple[str, Any, Any]] = {
@@ -98,6 +108,7 @@ _SELECTION: dict[str, tuple[str, Any, Any]] = {
     "text_only": ("text_only", TextOnlyOpt, False), "qtype": ("qtypes", QTypeOpt, None),
     "n_choices": ("n_choices", ChoicesOpt, None), "limit": ("limit", LimitOpt, None),
     "column": ("columns", ColumnsOpt, None), "lenient": ("lenient", LenientOpt, False),
+    "preset": ("preset", PresetOpt, None),
 }
 
 
@@ -107,30 +118,79 @@ def with_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _extend(func, extra, lambda values: {"selection": {_SELECTION[k][0]: v for k, v in values.items()}})
 
 
+def writable_dir(path: Path | None) -> Path | None:
+    """``--out`` callback: create the folder and prove it writable while parsing flags, before any model loads."""
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise typer.BadParameter(f"{path}: cannot write a run folder here ({e.strerror or e})") from None
+    return path
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote user input and commands such as pip install 'medjp-agent[postgres]'.
+    err_console.print(f"[bold red]error:[/] {escape(redact_text(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The project's own errors (:class:`~medjp_agent.errors.MedjpError`) end the command with their message and
+    exit code; any other exception is a bug and keeps its traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from medjp_agent.errors import MedjpError
+
+        try:
+            return func(*args, **kwargs)
+        except MedjpError as e:
+            raise fail(str(e), code=e.exit_code) from None
+
+    return wrapper
+
+
+def _print_load_warnings(dataset: Any, shown: int = 10) -> None:
+    """What loaded with something unknown, and the count of records --lenient skipped: nothing goes unsaid."""
+    for warning in dataset.warnings[:shown]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if len(dataset.warnings) > shown:
+        err_console.print(f"[yellow]warning:[/] … and {len(dataset.warnings) - shown} more warnings", highlight=False)
+    if dataset.skipped:
+        err_console.print(f"[yellow]warning:[/] skipped {len(dataset.skipped)} bad records (--lenient); first: "
+                          f"{escape(dataset.skipped[0])}", highlight=False, soft_wrap=True)
 
 
 def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool = False,
                    years: list[int] | None = None, sections: list[str] | None = None, text_only: bool = False,
                    qtypes: list[str] | None = None, n_choices: list[int] | None = None,
-                   limit: int | None = None) -> tuple[Any, list[Any], dict[str, Any]]:
+                   limit: int | None = None, preset: str | None = None) -> tuple[Any, list[Any], dict[str, Any]]:
     """Load and filter questions for a command; bad input exits with the located error."""
     from medjp_agent.data import DataError, load_dataset, select
 
+    malformed = next((c for c in columns or [] if "=" not in c), None)
+    if malformed is not None:
+        raise fail(f"--column expects FIELD=COLUMN, got {malformed!r}")
     try:
         mapping = dict(c.split("=", 1) for c in columns or [])
         dataset = load_dataset(data, columns=mapping or None, lenient=lenient)
     except (DataError, ValueError) as e:
         raise fail(str(e)) from None
-    if dataset.skipped:
-        err_console.print(f"[yellow]warning:[/] skipped {len(dataset.skipped)} bad records (--lenient); first: "
-                          f"{dataset.skipped[0]}", highlight=False)
+    _print_load_warnings(dataset)
     filters = {"years": years or [], "sections": sections or [], "text_only": text_only, "qtypes": qtypes or [],
-               "n_choices": n_choices or [], "limit": limit}
+               "n_choices": n_choices or [], "limit": limit, **({"preset": preset} if preset else {})}
     questions = select(dataset, years=years, sections=sections, text_only=True if text_only else None,
                        qtypes=qtypes, n_choices=n_choices)  # type: ignore[arg-type]
+    if preset:
+        from medjp_agent.data.select import apply_preset
+
+        try:
+            questions = apply_preset(questions, preset)
+        except ValueError as e:
+            raise fail(f"--preset: {e}") from None
     if limit is not None:
         questions = questions[:limit]
     if not questions:

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
-from .options import console, fail
+from .options import console, err_console, fail
 
 if TYPE_CHECKING:
     from medjp_agent.report import Report
+
+#: Where ``--plots`` writes its PNG files when no ``--plots-dir`` is given.
+DEFAULT_PLOTS = "report-plots"
 
 
 def register(app: typer.Typer) -> None:
@@ -21,14 +24,16 @@ def register(app: typer.Typer) -> None:
         by: Annotated[str, typer.Option(help="Accuracy table grouped by year, section, category or qtype.")] = "year",
         diff: Annotated[tuple[Path, Path] | None, typer.Option(help="Questions that flip between two runs: --diff RUN_A RUN_B.", show_default=False)] = None,
         category: Annotated[list[str] | None, typer.Option(help="Only flips in this category, e.g. 循環器 (repeatable; needs --diff).")] = None,
-        flips: Annotated[int, typer.Option(help="Most flips in the terminal and Markdown tables, 0 for all (the HTML page shows all).")] = 30,
-        alpha: Annotated[float, typer.Option(help="Family-wise error rate for the Holm-adjusted McNemar tests.")] = 0.05,
-        confidence: Annotated[float, typer.Option(help="Coverage of the paired bootstrap CI.")] = 0.95,
-        n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 10_000,
+        flips: Annotated[int, typer.Option(min=0, help="Most flips in the terminal and Markdown tables, 0 for all (the HTML page shows all).")] = 30,
+        alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Family-wise error rate for the Holm-adjusted McNemar tests.")] = 0.05,
+        confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Coverage of the paired bootstrap CI.")] = 0.95,
+        n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 10_000,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
         md: Annotated[bool, typer.Option("--md", help="Print the tables as Markdown instead of rich tables.")] = False,
         html_out: Annotated[Path | None, typer.Option("--html", help="Write one self-contained HTML report (tables and embedded plots).")] = None,
-        plots: Annotated[Path | None, typer.Option(help="Write the plots as PNG files into this folder.")] = None,
+        plots: Annotated[bool, typer.Option("--plots", help=f"Write the plots as PNG files (into {DEFAULT_PLOTS}/ unless --plots-dir).")] = False,
+        plots_dir: Annotated[Path | None, typer.Option(help="Folder for the PNG plots (implies --plots).", show_default=False)] = None,
+        show: Annotated[str | None, typer.Option(metavar="QID", help="Print one question of RUN whole: the exact prompt (kept by --log-prompts), the raw completion, the parsed answer and why.", show_default=False)] = None,
         csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one row per run (raw numbers, verdicts, comparison) as CSV.")] = None,
         json_out: Annotated[Path | None, typer.Option("--json", help="Write the whole report as JSON.")] = None,
     ) -> None:
@@ -37,18 +42,18 @@ def register(app: typer.Typer) -> None:
         Search runs add fANOVA axis importances, the best-so-far curve and accuracy by format-axis value.
         """
         from medjp_agent.report import build_report, diff_runs, load_run_dirs, report_tables
+        from medjp_agent.report.optuna_views import dashboard_hint
         from medjp_agent.results import read_run
-        from medjp_agent.scoring.aggregate import GroupBy
 
-        if by not in get_args(GroupBy):
-            raise fail(f"--by must be one of {', '.join(get_args(GroupBy))}, got {by!r}")
-        if category and diff is None:
-            raise fail("--category filters the flips of --diff RUN_A RUN_B; give --diff too")
+        if show is not None:
+            return _show(show, runs)
+        _check_flags(runs, by=by, category=category, diff=diff, plots=plots and plots_dir is None)
         try:
             loaded, searches = load_run_dirs(runs)
             base = read_run(baseline) if baseline is not None else None
             flipped = diff_runs(read_run(diff[0]), read_run(diff[1]), categories=category or ()) if diff else None
-            result = build_report(loaded, baseline=base, by=by, searches=searches, diff=flipped,  # type: ignore[arg-type]
+            result = build_report(loaded, baseline=base, by=by,  # type: ignore[arg-type]
+                                  searches=searches, diff=flipped,
                                   alpha=alpha, confidence=confidence, n_boot=n_boot, seed=seed)
         except (FileNotFoundError, KeyError, ValueError) as e:
             raise fail(str(e)) from None
@@ -59,7 +64,36 @@ def register(app: typer.Typer) -> None:
         else:
             for table in shown:
                 console.print(table)
-        _write_outputs(result, html_out=html_out, plots=plots, csv_out=csv_out, json_out=json_out)
+        plots_to = plots_dir or (Path(DEFAULT_PLOTS) if plots else None)
+        _write_outputs(result, html_out=html_out, plots=plots_to, csv_out=csv_out, json_out=json_out)
+        for view in result.searches:
+            if view.storage:
+                err_console.print(f"{view.run}: {dashboard_hint(view.storage)}", highlight=False, soft_wrap=True)
+
+
+def _check_flags(runs: list[Path], *, by: str, category: list[str] | None, diff: object, plots: bool) -> None:
+    from medjp_agent.scoring.aggregate import GroupBy
+
+    if by not in get_args(GroupBy):
+        raise fail(f"--by must be one of {', '.join(get_args(GroupBy))}, got {by!r}")
+    missing = next((r for r in runs if not r.exists()), None)
+    if missing is not None and plots:
+        # `--plots DIR`, the old form, reads DIR as a run folder.
+        raise fail(f"{missing}: no such run folder; --plots takes no value (to choose the folder: "
+                   f"--plots-dir {missing})")
+    if category and diff is None:
+        raise fail("--category filters the flips of --diff RUN_A RUN_B; give --diff too")
+
+
+def _show(qid: str, runs: list[Path]) -> None:
+    from medjp_agent.report.show import show_question
+
+    if len(runs) != 1:
+        raise fail(f"--show {qid} shows one question of one run: give exactly one RUN_DIR, got {len(runs)}")
+    try:
+        console.print(show_question(runs[0], qid))
+    except (FileNotFoundError, KeyError) as e:
+        raise fail(str(e.args[0] if isinstance(e, KeyError) else e)) from None
 
 
 def _write_outputs(result: "Report", *, html_out: Path | None, plots: Path | None, csv_out: Path | None,
@@ -91,6 +125,8 @@ def _write_outputs(result: "Report", *, html_out: Path | None, plots: Path | Non
             (plots / name).write_bytes(png)
         console.print(f"[green]wrote[/] {len(images)} plots to {plots}")
     if html_out is not None:
-        title = "medjp report: " + ", ".join(r.label for r in result.runs)
+        # Named by every run and search it holds, so browser tabs and bookmarks tell reports apart.
+        title = "medjp report: " + ", ".join(dict.fromkeys([*(r.label for r in result.runs),
+                                                            *(v.run for v in result.searches)]))
         html_out.write_text(render_html(title, report_tables(result, reasoning_chars=None), images), encoding="utf-8")
         console.print(f"[green]wrote[/] {html_out}")

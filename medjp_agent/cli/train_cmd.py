@@ -108,12 +108,17 @@ def train(
     if ctx.invoked_subcommand:
         return
     cfg = resolve_config(config, flags)
+    from medjp_agent.training.distributed import LaunchError, is_main_process
     from medjp_agent.training.trainer import train as run_training
+    from medjp_agent.training.weights import PickleWeightsError
 
     try:
         manifest = run_training(cfg, resume=resume, console=console)
-    except TrainConfigError as e:
-        raise fail(str(e)) from None
+    except (TrainConfigError, LaunchError, PickleWeightsError) as e:
+        # Under `accelerate launch` every process meets the same error: rank 0 says it once.
+        raise (fail(str(e)) if is_main_process() else typer.Exit(2)) from None
+    if not is_main_process():
+        return
     losses = f"{manifest.first_loss:.3f} -> {manifest.final_loss:.3f}" if manifest.final_loss is not None else "-"
     eval_loss = f", validation loss {manifest.eval_loss:.3f}" if manifest.eval_loss is not None else ""
     console.print(f"[green]trained[/] {manifest.steps} steps in {manifest.seconds:.0f}s, loss {losses}{eval_loss}; "
@@ -138,7 +143,7 @@ def merge(
 
     try:
         merged = merge_adapter(adapter, out, base=base, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # PickleWeightsError is a ValueError
         raise fail(str(e)) from None
     console.print(f"[green]merged[/] {adapter} into {merged}")
 
@@ -153,18 +158,26 @@ def fsdp_config(
                                                  "parameters in CPU RAM (70B on 2x24 GB; off on 80 GB cards).")] = True,
     main_process_ip: Annotated[str | None, typer.Option(help="Main machine's address (multi-machine).")] = None,
     main_process_port: Annotated[int | None, typer.Option(help="Main machine's port (multi-machine).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="For CPU hosts (processes over gloo; runs as DDP, since "
+                                      "accelerate shards only on accelerators): rehearse a launch before renting "
+                                      "GPUs.")] = False,
 ) -> None:
-    """Write the accelerate config for FSDP-QLoRA over several GPUs, and print the launch command."""
+    """Write the accelerate config for FSDP-QLoRA over several GPUs (or CPU hosts), and print the launch
+    command."""
+    from medjp_agent.training.distributed import has_accelerator
     from medjp_agent.training.fsdp import write_fsdp_config
 
     try:
         path = write_fsdp_config(out, num_processes=num_processes, num_machines=num_machines,
                                  machine_rank=machine_rank, offload_params=offload_params,
-                                 main_process_ip=main_process_ip, main_process_port=main_process_port)
+                                 main_process_ip=main_process_ip, main_process_port=main_process_port, cpu=cpu)
     except ValueError as e:
         raise fail(str(e)) from None
     console.print(f"[green]wrote[/] {path}\nlaunch: accelerate launch --config_file {path} --no_python medjp train "
                   "--config train.yaml", highlight=False)
+    if not cpu and not has_accelerator():
+        console.print("[yellow]note:[/] this host has no accelerator, so this GPU config cannot run here (FSDP "
+                      "broadcasts the weights from a device); --cpu writes one for a CPU host", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,14 +1,22 @@
-"""Questions and their loaders. Nothing here imports an LM."""
+"""Questions and their loaders. Nothing here imports an LM.
+
+Every loader is strict by default: the first bad record raises :class:`DataError` naming file, line and field.
+``lenient=True`` skips bad records instead and lists each one in ``Dataset.skipped``; ``Dataset.warnings`` says what
+loaded with something unknown (a missing ``_metadata.jsonl``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import DataError
-from .loaders import SAMPLE_DIR, TABLE_FIELDS, load_exemplars, load_igakuqa, load_medqa, load_table
+from .errors import Collector, DataError
+from .igakuqa import SAMPLE_DIR, load_exemplars, load_igakuqa
+from .medqa import load_medqa
 from .question import LABELS, Dataset, Question, QuestionType
 from .select import select, split
+from .table import TABLE_FIELDS, load_table
+from .textfile import read_lines
 
 SAMPLE = "sample"
 
@@ -27,11 +35,12 @@ def load_dataset(path: str | Path = SAMPLE, *, columns: Mapping[str, str] | None
     if not p.exists():
         raise DataError(p, None, None, "no such file or directory")
     if p.is_dir():
+        if columns:
+            raise DataError(p, None, None, "is a directory, but --column mappings need a JSONL or CSV file")
         return load_igakuqa(p, lenient=lenient)
     if columns:
         return load_table(p, columns, lenient=lenient)
-    with p.open(encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
+    first = next((line for _, line in read_lines(p, Collector(lenient)) if line.strip()), "")
     if '"problem_id"' in first:
         return load_igakuqa(p, lenient=lenient)
     return load_medqa(p, lenient=lenient)

@@ -18,7 +18,8 @@ class Question:
 
     ``answers`` holds canonical labels (``("a", "c")``) for choice questions or one numeric string for calculation
     questions (then ``choices`` is empty). ``accepted`` lists extra answer sets that also count as correct, as in
-    IgakuQA's 112B30 whose gold reads "a or d".
+    IgakuQA's 112B30 whose gold reads "a or d". ``forbidden_known`` is False when no metadata said which choices
+    are 禁忌肢 (forbidden), so an empty ``forbidden`` means "unknown", not "none".
     """
 
     id: str
@@ -31,6 +32,7 @@ class Question:
     text_only: bool = True
     category: str = ""
     forbidden: tuple[str, ...] = ()
+    forbidden_known: bool = True
     human_accuracy: float | None = None
     accepted: tuple[tuple[str, ...], ...] = ()
     explanation: str = ""
@@ -61,11 +63,13 @@ _FIELDS = {f.name for f in dataclasses.fields(Question)}
 
 @dataclass(frozen=True)
 class Dataset:
-    """Questions plus where they came from and what the loader had to skip (only in lenient mode)."""
+    """Questions plus where they came from, what the loader had to skip (only in lenient mode) and warnings about
+    what it loaded (such as a missing metadata file)."""
 
     questions: tuple[Question, ...]
     source: str
     skipped: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.questions)

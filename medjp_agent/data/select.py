@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .question import Question, QuestionType
 
@@ -31,6 +32,20 @@ def select(
         )
 
     return [q for q in questions if keep(q)]
+
+
+#: Named selections. ``harness``: the paper harness's question set (``eval_bench.py``): text-only questions with five
+#: choices whose text is at most 1,024 characters.
+PRESETS: dict[str, dict[str, Any]] = {"harness": {"text_only": True, "n_choices": (5,), "max_chars": 1024}}
+
+
+def apply_preset(questions: Iterable[Question], name: str) -> list[Question]:
+    """The questions a named selection (:data:`PRESETS`) keeps; an unknown name is a ValueError naming them all."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    rule = PRESETS[name]
+    return [q for q in select(questions, text_only=rule["text_only"], n_choices=rule["n_choices"])
+            if len(q.text) <= rule["max_chars"]]
 
 
 def _bucket(qid: str, seed: int) -> float:

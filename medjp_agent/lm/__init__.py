@@ -19,7 +19,10 @@ def build_lm(opts: LMOptions) -> "dspy.BaseLM":
     """The DSPy LM ``opts`` asks for: an API client with ``api_base``, else a local HF model (default: tiny)."""
     if opts.api_base:
         from .api import APILM
+        from .cache import configure_dspy_cache
 
+        if opts.cache:
+            configure_dspy_cache()  # before the first request: DSPy otherwise builds its default, pickling cache
         return APILM.from_options(opts)
     from .hf import HFLM
 

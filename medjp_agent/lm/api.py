@@ -1,81 +1,59 @@
 """`APILM`: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, TGI, a gateway) as a DSPy LM.
 
-Chat messages go to ``/v1/chat/completions`` through ``dspy.LM`` (LiteLLM), with DSPy's response cache. A raw
-completion prompt (one message named :data:`RAW_PROMPT`) goes to ``/v1/completions`` verbatim: ``dspy.LM``'s
-text mode would append "BEGIN RESPONSE:" to it, so :class:`TextCompletionLM` calls LiteLLM itself, caching in the
-same DSPy cache. Transient failures (timeouts, 5xx, connection errors, malformed replies) are retried with
-exponential backoff; a server that stays down raises :class:`ServerUnavailable` naming the URL, which
-``medjp eval`` reports after saving the finished questions.
+Chat messages go to ``/chat/completions``; a raw completion prompt (one message named :data:`RAW_PROMPT`) goes to
+``/completions`` verbatim, with no "BEGIN RESPONSE:" appended. Requests travel over one persistent
+:class:`ServerClient` per backend, from threads (``forward``) or from an asyncio loop (``aforward``, which DSPy's
+``acall`` runs), so hundreds of requests can be in flight without a thread each.
+
+A reply is accepted only if it holds every requested completion with text. Anything else is retried with
+exponential backoff and never cached: timeouts, dropped or refused connections, 5xx and 429, a malformed body, and
+an empty or ``null`` completion or ``choices: []``. A server that keeps failing raises :class:`ServerUnavailable`
+(the run stops, finished questions saved); one that keeps answering with empty completions raises :class:`NotRun`
+for that question, which is then recorded as not run, never as a wrong answer.
+
+Accepted replies are cached in DSPy's cache (``dspy.cache``, ``DSPY_CACHEDIR``), keyed by endpoint and request
+body: the same prompt to the same served model is the same answer on any server URL. Each reply's ``usage`` holds
+the server's token counts and the completions' finish reasons (:mod:`.finish`), also when served from the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import dspy
-from dspy.clients.cache import request_cache
-from dspy.clients.engines.litellm_errors import litellm_errors
-from dspy.clients.errors import error_boundary
-from dspy.utils.exceptions import (
-    LMAuthError, LMBillingError, LMConfigurationError, LMError, LMInvalidRequestError, LMUnexpectedError,
-    LMUnsupportedFeatureError,
-)
 
+from ..redact import redact_text, remember
+from .errors import NotRun, ServerUnavailable
+from .finish import KEY as FINISH_REASONS
+from .finish import TRUNCATED, finish_counts
+from .http import ServerClient, Transient
 from .options import LMOptions
 from .prompts import is_raw
 
-# A self-hosted server has no price list; fetching LiteLLM's from the internet stalls an offline node ~10 s.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+#: Call settings that are not request fields: DSPy's cache switch, and its rollout id (a cache-key field only).
+_NOT_SENT = frozenset({"cache", "rollout_id"})
+#: The longest wait a server's Retry-After may impose on one retry.
+_MAX_RETRY_AFTER_S = 60.0
 
-#: Failures a retry cannot fix: the request or the credentials are wrong, or the client code failed.
-_PERMANENT = (LMAuthError, LMBillingError, LMInvalidRequestError, LMConfigurationError, LMUnsupportedFeatureError,
-              LMUnexpectedError)
-T = TypeVar("T")
-
-
-class ServerUnavailable(RuntimeError):
-    """The server kept failing after every retry."""
+__all__ = ["APILM", "NotRun", "ServerUnavailable"]
 
 
-def _text_completion(request: dict[str, Any], client: dict[str, Any]) -> Any:
-    import litellm
-
-    body = {k: v for k, v in request.items() if k != "rollout_id"}  # a cache-key field, not a request field
-    model = body.pop("model")
-    return litellm.text_completion(model=f"text-completion-openai/{model}", **body, **client)
+class EmptyReply(Transient):
+    """A well-formed reply without the completion text asked for: a server fault, not the model's answer."""
 
 
-# Keyed by the request alone: the same prompt to the same served model is the same answer on any server URL.
-_cached_text_completion = request_cache(cache_arg_name="request")(_text_completion)
+@dataclass(frozen=True)
+class _Call:
+    """One request: where it goes, what it sends, and its cache entry (None: not cached)."""
 
-
-class TextCompletionLM(dspy.BaseLM):
-    """``/v1/completions`` with the prompt sent verbatim; responses are cached in DSPy's cache.
-
-    Args:
-        model: The served model name.
-        client: LiteLLM connection settings (``api_base``, ``api_key``, ``timeout``); not part of cache keys.
-    """
-
-    def __init__(self, model: str, client: dict[str, Any], **kwargs: Any):
-        super().__init__(model=model, model_type="text", **kwargs)
-        self.client = client
-
-    def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
-        text = str(messages[-1]["content"]) if messages else prompt or ""
-        merged = {k: v for k, v in {**self.kwargs, **kwargs}.items() if v is not None}
-        send = _cached_text_completion if merged.pop("cache", self.cache) else _text_completion
-        request = {"model": self.model, "prompt": text, **merged}
-        # DSPy's own mapping of LiteLLM errors, so both routes raise the same LMError classes.
-        with error_boundary(self.model, unexpected=True), litellm_errors(model=self.model):
-            return send(request=request, client=self.client)
-
-    async def aforward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
-        return await asyncio.to_thread(self.forward, prompt, messages, **kwargs)
+    path: str
+    body: dict[str, Any]
+    raw: bool
+    n: int
+    cache_key: dict[str, Any] | None
 
 
 class APILM(dspy.BaseLM):
@@ -100,14 +78,12 @@ class APILM(dspy.BaseLM):
     def __init__(self, model: str, api_base: str, api_key: str | None = None, *, num_retries: int = 4,
                  backoff_s: float = 1.0, timeout_s: float = 600.0, cache: bool = True, **kwargs: Any):
         super().__init__(model=model, model_type="chat", cache=cache, num_retries=num_retries, **kwargs)
-        self.api_base = api_base
+        self.api_base = redact_text(api_base)  # only shown (describe, messages); the client below connects
+        remember(api_key)
         self.backoff_s = backoff_s
-        # Servers without authentication accept any key; LiteLLM's OpenAI client insists on one. The OpenAI SDK's
-        # own retries are off, so that every failed attempt passes through one retry policy (this class's).
-        client = {"api_base": api_base, "api_key": api_key or "EMPTY", "timeout": timeout_s, "max_retries": 0}
-        # LiteLLM, not DSPy's native engine: it sends n as one request (the native engine sends n requests).
-        self.chat = dspy.LM(f"openai/{model}", engine="litellm", cache=cache, num_retries=0, **client)
-        self.text = TextCompletionLM(model, client, cache=cache)
+        self.timeout_s = timeout_s
+        # Shared by every copy of this LM (BaseLM.copy is shallow): one pool per backend.
+        self.http = ServerClient(api_base, api_key, timeout_s)
 
     @classmethod
     def from_options(cls, opts: LMOptions) -> "APILM":
@@ -116,51 +92,98 @@ class APILM(dspy.BaseLM):
         if opts.adapters or opts.load_in_4bit or opts.load_in_8bit:
             raise ValueError("--adapter and --load-in-4bit/8bit configure a local model; with --api-base the server "
                              "loads the model (serve adapters with vLLM --lora-modules and pass --model NAME)")
-        return cls(opts.model, opts.api_base or "", opts.api_key, cache=opts.cache, temperature=opts.temperature,
-                   max_tokens=opts.max_new_tokens, top_p=opts.top_p)
+        return cls(opts.model, opts.api_base or "", opts.api_key, num_retries=opts.retries, timeout_s=opts.timeout,
+                   cache=opts.cache, temperature=opts.temperature, max_tokens=opts.max_new_tokens, top_p=opts.top_p)
 
     def describe(self) -> dict[str, str]:
         return {"model": self.model, "adapter": "", "backend": f"api {self.api_base}"}
 
-    # BaseLM's public entry points are replaced, not forward(): the chat route must go through dspy.LM's own
-    # __call__ to keep DSPy's cache, history and usage tracking.
-    def __call__(self, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
-        lm, merged = self._route(messages, kwargs)
-        return self._retrying(lambda: lm(prompt, messages=messages, **merged))
+    def close(self) -> None:
+        self.http.close()
 
-    async def acall(self, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
-        lm, merged = self._route(messages, kwargs)
-        return await self._aretrying(lambda: lm.acall(prompt, messages=messages, **merged))
-
-    def _route(self, messages: list[dict[str, Any]] | None, kwargs: dict[str, Any]) -> tuple[dspy.BaseLM, dict]:
-        lm = self.text if messages and is_raw(messages) else self.chat
-        return lm, {**self.kwargs, **kwargs}
-
-    def _retrying(self, call: Callable[[], T]) -> T:
+    # -- DSPy's LM interface: an OpenAI-shaped reply with usage --------------------------------------------------------
+    def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
+        call = self._call(prompt, messages, kwargs)
+        if (hit := _cached(call)) is not None:
+            return hit
         attempt = 0
         while True:
             try:
-                return call()
-            except LMError as e:
-                self._give_up_on(e, attempt)
-            time.sleep(self.backoff_s * 2**attempt)
+                return self._accept(call, self.http.post(call.path, call.body))
+            except Transient as failure:
+                time.sleep(self._delay_after(failure, attempt))
             attempt += 1
 
-    async def _aretrying(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def aforward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
+        call = self._call(prompt, messages, kwargs)
+        if (hit := _cached(call)) is not None:
+            return hit
         attempt = 0
         while True:
             try:
-                return await call()
-            except LMError as e:
-                self._give_up_on(e, attempt)
-            await asyncio.sleep(self.backoff_s * 2**attempt)
+                return self._accept(call, await self.http.apost(call.path, call.body))
+            except Transient as failure:
+                await asyncio.sleep(self._delay_after(failure, attempt))
             attempt += 1
 
-    def _give_up_on(self, error: LMError, attempt: int) -> None:
-        """Re-raise what retrying cannot fix; after the last retry, raise :class:`ServerUnavailable`."""
-        if isinstance(error, _PERMANENT):
-            raise error
+    # -- one request ---------------------------------------------------------------------------------------------------
+    def _call(self, prompt: str | None, messages: list[dict[str, Any]] | None, kwargs: dict[str, Any]) -> _Call:
+        merged = {**self.kwargs, **kwargs}
+        params = {k: v for k, v in merged.items() if v is not None and k not in _NOT_SENT}
+        raw = bool(messages) and is_raw(messages)  # type: ignore[arg-type]
+        if raw:
+            path, body = "/completions", {"model": self.model, "prompt": str(messages[0]["content"]), **params}
+        else:
+            chat = messages if messages is not None else [{"role": "user", "content": prompt or ""}]
+            path, body = "/chat/completions", {"model": self.model, "messages": chat, **params}
+        use_cache = merged.get("cache", self.cache)
+        key = {"_fn_identifier": __name__, "path": path, "body": body, "rollout_id": merged.get("rollout_id")}
+        return _Call(path, body, raw, int(params.get("n") or 1), key if use_cache else None)
+
+    def _accept(self, call: _Call, reply: Any) -> dict[str, Any]:
+        """The reply as DSPy reads it, once it holds every completion asked for (then it is cached)."""
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise Transient(f"malformed reply (no list of choices): {str(reply)[:300]}")
+        answered = sum(_answered(c, call.raw) for c in choices)
+        if len(choices) < call.n or answered < len(choices):
+            raise EmptyReply(f"{answered} of the {call.n} completions asked for have text")
+        usage = {**(reply.get("usage") or {}), FINISH_REASONS: finish_counts(c.get("finish_reason") for c in choices)}
+        accepted = {"model": reply.get("model") or self.model, "choices": choices, "usage": usage}
+        if call.cache_key is not None:
+            dspy.cache.put(call.cache_key, accepted)
+        return accepted
+
+    def _delay_after(self, failure: Transient, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt + 1``; after the last retry, raise why the request failed."""
         if attempt >= self.num_retries:
-            raise ServerUnavailable(
-                f"the server at {self.api_base} failed {attempt + 1} times in a row "
-                f"(last: {type(error).__name__}: {error})") from error
+            where = self.http.base_url  # no credentials in messages
+            if isinstance(failure, EmptyReply):
+                raise NotRun(f"the server at {where} returned no completion text {attempt + 1} times in a row "
+                             f"({failure.reason})") from failure
+            raise ServerUnavailable(f"the server at {where} failed {attempt + 1} times in a row "
+                                    f"(last: {failure.reason})") from failure
+        delay = self.backoff_s * 2**attempt
+        if failure.retry_after is not None:
+            delay = max(delay, min(failure.retry_after, _MAX_RETRY_AFTER_S))
+        return delay
+
+
+def _answered(choice: dict[str, Any], raw: bool) -> bool:
+    """Whether a choice holds the model's answer: text, or none because the token limit cut it off (a reasoning
+    model that spent every token thinking: the model's own outcome, scored and flagged truncated, not a fault)."""
+    holder = choice if raw else choice.get("message")
+    key = "text" if raw else "content"
+    if not isinstance(holder, dict):
+        return False
+    text = holder.get(key)
+    if isinstance(text, str) and text:
+        return True
+    if choice.get("finish_reason") == TRUNCATED and text in (None, ""):
+        holder[key] = ""  # read as an empty answer, never as the text "None"
+        return True
+    return False
+
+
+def _cached(call: _Call) -> dict[str, Any] | None:
+    return None if call.cache_key is None else dspy.cache.get(call.cache_key)

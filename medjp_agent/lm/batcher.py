@@ -54,7 +54,8 @@ class Request:
         return tuple(self.ids[:PREFIX_PROBE]), len(self.ids)
 
 
-#: Runs one batch: ``run(group, requests)`` returns one result per request, in order.
+#: Runs one batch: ``run(group, requests)`` returns one result per request, in order; an exception instance as a
+#: result fails that request alone.
 Runner = Callable[[Hashable, list[Request]], list[Any]]
 
 
@@ -62,7 +63,8 @@ class MicroBatcher:
     """Gathers concurrent requests into batches of at most ``batch_size`` sequences for ``run``.
 
     Args:
-        run: The batch runner (e.g. one ``model.generate`` call). An exception fails every request of the batch.
+        run: The batch runner (e.g. one ``model.generate`` call). An exception it raises fails every request of the
+            batch; an exception it returns in a request's place fails that request.
         batch_size: Most sequences per batch; a single request heavier than this still runs, alone.
         gather_s: Shortest gap between two arrivals that still extends gathering.
         max_wait_s: Shortest longest-wait of the first request of a batch for company.
@@ -154,7 +156,10 @@ class MicroBatcher:
                 request.future.set_exception(e)
             return
         for request, result in zip(batch, results):
-            request.future.set_result(result)
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
 
 
 def _by_group(requests: list[Request]) -> dict[Hashable, list[Request]]:

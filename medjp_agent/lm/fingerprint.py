@@ -10,7 +10,9 @@ folder keeps its fingerprint. A hub id is identified by the commit of its downlo
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 _WHOLE_FILE_LIMIT = 1 << 20
 _EDGE = 1 << 20
@@ -53,3 +55,33 @@ def _hub_commit(repo_id: str) -> str:
         if isinstance(found, str):
             return Path(found).parent.name
     return "unresolved"
+
+
+def numerics_fingerprint(model: Any) -> str:
+    """A digest of everything besides the weights that changes what ``model`` generates.
+
+    Quantization and its settings (NF4 vs int8, double quantization, compute dtype), the dtypes of the weights,
+    the attention kernel, and the versions of the libraries that compute (torch, transformers, and bitsandbytes
+    or peft where used). Two loads of one checkpoint with other settings then never share cached generations.
+    The device is left out: a cache filled on one GPU serves another.
+    """
+    config = model.config
+    quant = getattr(config, "quantization_config", None)
+    libraries = ["torch", "transformers"] + (["bitsandbytes"] if quant is not None else []) + (
+        ["peft"] if hasattr(model, "peft_config") else [])
+    parts = {
+        "quantization": quant.to_dict() if hasattr(quant, "to_dict") else quant,
+        "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+        "attention": getattr(config, "_attn_implementation", None),
+        "versions": {name: _version(name) for name in libraries},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "absent"

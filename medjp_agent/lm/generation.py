@@ -2,7 +2,7 @@
 
 Prompts arrive as token ids of different lengths. They are left padded for ``generate``: transformers derives
 each row's positions from the attention mask, so a padded row generates what it would alone (greedy outputs
-match unbatched ones). Scoring runs a plain forward pass, which does not derive positions, so it passes them.
+match unbatched ones). With a shared prefix (:mod:`.prefix`) the padding sits between prefix and suffix instead. Scoring runs a plain forward pass, which does not derive positions, so it passes them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from .completions import Generation
 from .params import GenerationParams
+from .prefix import CACHE_ARG, PrefixKV, expanded_cache, shared_layout
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,13 +54,23 @@ def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids | {tokenizer.pad_token_id}
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[Generation]:
-    """One ``generate`` call for all ``prompts`` (``n`` sequences each); one :class:`Generation` per prompt."""
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params: GenerationParams,
+             prefix: PrefixKV | None = None) -> list[Generation]:
+    """One ``generate`` call for all ``prompts`` (``n`` sequences each); one :class:`Generation` per prompt.
+
+    With ``prefix`` (a KV cache of tokens every prompt starts with) only the prompts' suffixes are prefilled.
+    """
     start = time.perf_counter()
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
+    extra: dict[str, Any] = {}
+    if prefix is None:
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
+    else:
+        ids, mask = shared_layout(prompts, len(prefix.ids), tokenizer.pad_token_id, model.device)
+        # generate repeats each prompt n times in place (num_return_sequences); the identical prefix rows need not.
+        extra[CACHE_ARG] = expanded_cache(model, prefix, len(prompts) * params.n)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(model, params),
-                             tokenizer=tokenizer if params.stop else None)
+                             tokenizer=tokenizer if params.stop else None, **extra)
     new = out[:, ids.shape[1]:].tolist()
     ends = end_token_ids(model, tokenizer)
     lengths = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in new]

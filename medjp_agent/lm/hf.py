@@ -6,12 +6,16 @@ its own cache, and a local model has no transient failures to retry. Unlike DSPy
 ``n`` whole, so the ``n`` samples of a self-consistency vote are generated in one batch.
 
 A call renders the messages (:mod:`.prompts`), looks the request up in the :class:`GenerationCache`, and
-otherwise queues it on the :class:`MicroBatcher`, whose worker runs batched ``generate`` calls.
+otherwise queues it on the :class:`MicroBatcher`, whose worker runs batched ``generate`` calls. The
+:class:`MemoryPlanner` cuts each batch into chunks whose KV cache fits the device (and halves a chunk that still runs
+out of memory), and each chunk's shared prompt prefix is prefilled once (:class:`PrefixCache`). A prompt that
+cannot run (longer than the model's context, or out of memory even alone) fails with :class:`NotRun`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
@@ -24,11 +28,18 @@ from .adapters import active_adapter
 from .batcher import MicroBatcher, Request
 from .cache import GenerationCache, cache_key
 from .completions import Generation, openai_response
+from .errors import NotRun
+from .fingerprint import numerics_fingerprint
 from .generation import generate, score
 from .loading import LoadedModel, load
+from .memory import MemoryPlanner, ModelShape, device_cap, free_device_cache, free_memory
 from .options import LMOptions
 from .params import GenerationParams
+from .prefix import PrefixCache, supports_prefix_sharing
 from .prompts import RenderedPrompt, prompt_ids, render_prompt
+
+#: Share of the memory budget the prefix KV cache may hold.
+PREFIX_CACHE_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,17 @@ class HFLM(dspy.BaseLM):
     """
 
     def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, cache: GenerationCache | None = None,
-                 **kwargs: Any):
+                 prefix_sharing: bool = True, max_memory: dict[str, str] | None = None, **kwargs: Any):
         super().__init__(model=loaded.name, model_type="chat", cache=False, **kwargs)
         self.loaded = loaded
         self.store = cache
         self.adapter: str | None = next(iter(loaded.adapters), None)
         self.stats = BackendStats()
         self.batch_size = batch_size
+        self._numerics = numerics_fingerprint(loaded.model)
+        self.memory = self._planner(max_memory or {})
+        share = int(self.memory.budget() * PREFIX_CACHE_SHARE)
+        self.prefixes = PrefixCache(share) if prefix_sharing and supports_prefix_sharing(loaded.model) else None
         self._model_lock = threading.Lock()
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
@@ -93,9 +108,44 @@ class HFLM(dspy.BaseLM):
     @classmethod
     def from_options(cls, opts: LMOptions) -> "HFLM":
         """Load the model ``opts`` names (default: the embedded tiny model)."""
-        return cls(load(opts), batch_size=opts.batch_size,
-                   cache=GenerationCache(opts.cache_dir) if opts.cache else None,
-                   temperature=opts.temperature, max_tokens=opts.max_new_tokens, top_p=opts.top_p)
+        lm = cls(load(opts), batch_size=opts.batch_size,
+                 cache=GenerationCache(opts.cache_dir) if opts.cache else None,
+                 prefix_sharing=opts.prefix_cache, max_memory=opts.max_memory,
+                 temperature=opts.temperature, max_tokens=opts.max_new_tokens, top_p=opts.top_p)
+        # At start-up, like the loading bar before it: what a batch may hold, before hours of generation.
+        sys.stderr.write(lm.memory_summary() + "\n")
+        return lm
+
+    def _planner(self, max_memory: dict[str, str]) -> MemoryPlanner:
+        model = self.loaded.model
+        cap = device_cap(max_memory, model.device)
+        weights = model.get_memory_footprint()
+        budget = (lambda: cap - weights) if cap is not None else (lambda: free_memory(model.device))
+
+        def on_oom() -> None:
+            if self.prefixes is not None:
+                self.prefixes.clear()
+            free_device_cache(model.device)
+
+        return MemoryPlanner(ModelShape.of(model), budget, self.batch_size,
+                             reserved=lambda: self.prefixes.nbytes if self.prefixes is not None else 0, on_oom=on_oom)
+
+    def memory_summary(self, prompt_tokens: int = 2048) -> str:
+        """One line for start-up: weights, memory budget, KV cache per token, and the largest batch it allows."""
+        from medjp_agent.envinfo import human_bytes
+
+        new = int(self.kwargs.get("max_tokens") or 512)
+        length = min(prompt_tokens, max(1, (self.context_length or prompt_tokens + new) - new))
+        plan = self.memory.describe(self.loaded.model.get_memory_footprint(), length, new)
+        return (f"memory: weights {human_bytes(plan['weights'])} · budget {human_bytes(plan['budget'])} on "
+                f"{self.loaded.model.device} · KV {human_bytes(plan['kv_per_token'])}/token · largest batch "
+                f"{plan['largest_batch']} of ≤ {self.batch_size} at {length}+{new} tokens · prefix cache "
+                f"{'on' if self.prefixes is not None else 'off'}")
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's longest sequence (prompt + generated tokens), if its config says."""
+        return getattr(self.loaded.model.config.get_text_config(), "max_position_embeddings", None)
 
     # -- what the LM is ----------------------------------------------------------------------------------------------
     @property
@@ -114,9 +164,12 @@ class HFLM(dspy.BaseLM):
 
     @property
     def fingerprint(self) -> str:
-        """Model fingerprint joined with the active adapter's: the model part of cache keys."""
-        adapter = self.loaded.adapters[self.adapter] if self.adapter else "base"
-        return f"{self.loaded.fingerprint}+{adapter}"
+        """Model fingerprint joined with its numerics' (:func:`numerics_fingerprint`) and the active adapter's: the
+        model part of cache keys."""
+        return self._fingerprint_with(self.adapter)
+
+    def _fingerprint_with(self, adapter: str | None) -> str:
+        return f"{self.loaded.fingerprint}+{self._numerics}+{self.loaded.adapters[adapter] if adapter else 'base'}"
 
     @property
     def adapters(self) -> list[str]:
@@ -165,9 +218,15 @@ class HFLM(dspy.BaseLM):
         return self._generate(key, rendered, params, store=use_cache)
 
     def _generate(self, key: str, rendered: RenderedPrompt, params: GenerationParams, store: bool) -> Future:
+        ids = prompt_ids(self.tokenizer, rendered)  # outside the lock: callers tokenize in parallel
+        context = self.context_length
+        if context is not None and len(ids) + params.max_new_tokens > context:
+            failed: Future = Future()
+            failed.set_exception(NotRun(f"prompt too long ({len(ids)} prompt + {params.max_new_tokens} new tokens > "
+                                        f"the model's {context}-token context)"))
+            return failed
         # Identical requests in flight share one generation: DSPy resubmits straggling examples, and a resubmitted
         # call would otherwise miss the cache, which is written only when the first one finishes.
-        ids = prompt_ids(self.tokenizer, rendered)  # outside the lock: callers tokenize in parallel
         with self._inflight_lock:
             future = self._inflight.get(key)
             if future is None:
@@ -181,15 +240,25 @@ class HFLM(dspy.BaseLM):
         with self._inflight_lock:
             self._inflight.pop(key, None)
 
-    def _run_batch(self, group: Hashable, requests: list[Request]) -> list[Generation]:
+    def _run_batch(self, group: Hashable, requests: list[Request]) -> list[Generation | NotRun]:
         assert isinstance(group, BatchGroup)
         with self._model_lock, active_adapter(self.loaded.model, group.adapter):
-            results = generate(self.loaded.model, self.tokenizer, [r.ids for r in requests], group.params)
-        self.stats.record_batch(len(requests), sum(g.generation_s for g in results))
+            results = self.memory.run(requests, group.params.max_new_tokens,
+                                      lambda chunk: self._generate_chunk(group, chunk))
         if self.store is not None:
             # One transaction for the batch: 16 callers writing at once queue on SQLite's lock with growing
             # back-off sleeps (measured: ~90 ms between a batch and the next, against 3 ms here).
-            self.store.put_many((r.payload, g) for r, g in zip(requests, results) if r.payload is not None)
+            self.store.put_many((r.payload, g) for r, g in zip(requests, results)
+                                if r.payload is not None and isinstance(g, Generation))
+        return results
+
+    def _generate_chunk(self, group: BatchGroup, requests: list[Request]) -> list[Generation]:
+        """One ``generate`` call (under the model lock), its shared prefix taken from or added to the cache."""
+        rows = [r.ids for r in requests]
+        prefix = None if self.prefixes is None else self.prefixes.for_batch(
+            self.loaded.model, self._fingerprint_with(group.adapter), rows)
+        results = generate(self.loaded.model, self.tokenizer, rows, group.params, prefix=prefix)
+        self.stats.record_batch(len(requests), sum(g.generation_s for g in results))
         return results
 
     # -- scoring -----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import attach_adapters, parse_adapters
+from .bnb_cpu import guard_inference
 from .fingerprint import fingerprint
 from .options import LMOptions
 
@@ -83,11 +84,19 @@ def load(opts: LMOptions) -> LoadedModel:
     """Load ``opts.model`` (hub id or folder; default: the tiny model) with its tokenizer and adapters."""
     from transformers import AutoModelForCausalLM
 
+    from medjp_agent.quiet import silence_library_noise, silence_loading_bars
+
+    from .model_path import check_model_source
     from .tiny import ensure_tiny_model
 
+    check_model_source(opts.model)  # a clear error (no such folder, an adapter folder) before transformers tries
+    silence_library_noise()
+    silence_loading_bars()
     source = opts.model or str(ensure_tiny_model())
     adapters = parse_adapters(opts.adapters)
     model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs(opts))
+    if quantization(opts) == "nf4":
+        guard_inference(model)
     tokenizer = load_tokenizer(source, opts.trust_remote_code)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

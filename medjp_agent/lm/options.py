@@ -34,3 +34,8 @@ class LMOptions:
     top_p: float = 1.0
     cache: bool = True
     cache_dir: Path | None = None
+    #: Prefill a batch's shared prompt prefix once and keep it across batches (``--no-prefix-cache`` turns it off).
+    prefix_cache: bool = True
+    #: Seconds an API backend waits for one reply, and how often it retries a failed request (with backoff).
+    timeout: float = 600.0
+    retries: int = 4

@@ -6,13 +6,12 @@ Everything here only reads the results schema (:mod:`medjp_agent.results`); tabl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medjp_agent.results import MANIFEST, RESULTS, Run, RunManifest, read_run
+from medjp_agent.results import MANIFEST, RESULTS, Run, read_manifest, read_run
 from medjp_agent.scoring import Aggregate, aggregate, aggregate_by
 from medjp_agent.scoring.aggregate import GroupBy
 
@@ -46,6 +45,8 @@ class RunRow(Serializable):
     prompt_tokens: int
     completion_tokens: int
     subset: tuple[str, ...]
+    #: Accuracy per clinical category (循環器, 小児科, …), whatever ``--by`` is: the category plot draws it.
+    categories: dict[str, Aggregate] = field(default_factory=dict)
 
     @classmethod
     def of(cls, run: Run, label: str, by: GroupBy) -> "RunRow":
@@ -57,6 +58,7 @@ class RunRow(Serializable):
             years=aggregate_by(run.results, "year"), groups=aggregate_by(run.results, by),
             lm_calls=run.summary.lm_calls, prompt_tokens=run.summary.prompt_tokens,
             completion_tokens=run.summary.completion_tokens, subset=subset_reasons(run),
+            categories=aggregate_by(run.results, "category"),
         )
 
 
@@ -121,7 +123,7 @@ def load_run_dirs(dirs: Sequence[Path]) -> tuple[list[Run], list[SearchView]]:
             runs.append(read_run(d))  # raises, naming the file that is missing
             manifest, label = runs[-1].manifest, runs[-1].label
         else:
-            manifest = RunManifest.from_dict(json.loads((d / MANIFEST).read_text(encoding="utf-8")))
+            manifest = read_manifest(d / MANIFEST)
             label = manifest.name or d.name
         view = load_search_view(d, manifest, label)
         if view is None and not has_results:

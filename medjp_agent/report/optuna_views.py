@@ -8,6 +8,9 @@ and journal files work.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import shlex
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,11 @@ class SearchView(Serializable):
     best_so_far: tuple[tuple[int, float, float], ...]
     axes: tuple[AxisValue, ...]
     best_format: dict[str, Any]
+    #: What a trial's value is: ``correct`` (dev accuracy, a share) or ``logprob`` (the gold option's mean
+    #: log-probability, in nats); tables and plots print each in its own unit.
+    score: str = "correct"
+    #: The storage URL the study was read from (for :func:`dashboard_command`); empty for an in-memory study.
+    storage: str = ""
 
 
 def summarise_study(study: "optuna.Study", run: str = "") -> SearchView:
@@ -67,9 +75,11 @@ def summarise_study(study: "optuna.Study", run: str = "") -> SearchView:
     for t in trials:
         best = t.value if best is None else pick(best, t.value)
         curve.append((t.number, float(t.value), float(best)))
-    # fANOVA fits a forest to the trials; below two it reports a meaningless 100 % for whatever axis there is.
+    # fANOVA fits a forest to the trials; below two it reports a meaningless 100 % for whatever axis there is, and
+    # when every trial scored the same there is no variance to share out (it raises).
+    varied = len({t.value for t in trials}) > 1
     importances = ({k: float(v) for k, v in get_param_importances(
-        study, evaluator=FanovaImportanceEvaluator(seed=0)).items()} if len(trials) >= 2 else {})
+        study, evaluator=FanovaImportanceEvaluator(seed=0)).items()} if varied else {})
     by_value: dict[tuple[str, Any], list[float]] = defaultdict(list)
     for t in trials:
         for param, value in t.params.items():
@@ -85,6 +95,7 @@ def summarise_study(study: "optuna.Study", run: str = "") -> SearchView:
         + len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))), importances=importances,
         best_so_far=tuple(curve), axes=tuple(axes),
         best_format=dict(best_trial.user_attrs.get("format") or best_trial.params) if best_trial else {},
+        score=str(study.user_attrs.get("score") or "correct"),
     )
 
 
@@ -101,4 +112,19 @@ def load_search_view(run_dir: Path, manifest: RunManifest, run: str = "") -> Sea
 
     url = search_storage_url(run_dir, str(manifest.extra.get("storage") or ""))
     study = optuna.load_study(study_name=str(manifest.extra["study"]), storage=open_storage(url))
-    return summarise_study(study, run or manifest.name or run_dir.name)
+    return dataclasses.replace(summarise_study(study, run or manifest.name or run_dir.name), storage=url)
+
+
+def dashboard_command(storage: str) -> str:
+    """The shell command that browses every trial of a study in ``optuna-dashboard`` (extra ``[dashboard]``)."""
+    from medjp_agent.optimizers.storage import JOURNAL_PREFIX
+
+    # optuna-dashboard takes a journal file as its plain path and a database as its URL.
+    return f"optuna-dashboard {shlex.quote(storage.removeprefix(JOURNAL_PREFIX))}"
+
+
+def dashboard_hint(storage: str) -> str:
+    """One line telling how to browse the study, and how to install the dashboard where it is missing."""
+    install = ("" if importlib.util.find_spec("optuna_dashboard")
+               else " (install it with: pip install 'medjp-agent[dashboard]')")
+    return f"browse every trial in a web page: {dashboard_command(storage)}{install}"

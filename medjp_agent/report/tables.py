@@ -11,10 +11,15 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from medjp_agent.naming import shown_value
+
 from .build import Report
+from .compare import Comparison
 from .diff import RunDiff
 from .optuna_views import SearchView
 from .verdict import Criterion, YearVerdict
@@ -36,10 +41,21 @@ class ReportTable:
     def _style(self, i: int) -> str:
         return self.styles[i] if i < len(self.styles) else ""
 
-    def __rich__(self) -> Table:
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # A table too wide for the terminal would have rich squeeze numbers to "76." or drop columns: it is drawn
+        # as one block of "column  value" lines per row instead, so every cell is shown whole.
+        table = self._wide()
+        # Measured without the width limit: rich clamps a measurement to the width it is given.
+        needed = Measurement.get(console, options.update_width(1 << 16), table).minimum
+        yield table if needed <= options.max_width else self._vertical()
+
+    def _titled(self, **kwargs: object) -> Table:
         # Cells are Text, not markup: reasoning and labels may hold brackets such as "[a]".
-        table = Table(title=Text(self.title, style="table.title"),
-                      caption=Text(self.caption, style="table.caption") if self.caption else None)
+        return Table(title=Text(self.title, style="table.title"),
+                     caption=Text(self.caption, style="table.caption") if self.caption else None, **kwargs)
+
+    def _wide(self) -> Table:
+        table = self._titled()
         for j, name in enumerate(self.columns):
             numeric = j in self.numeric
             table.add_column(Text(name), justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
@@ -47,13 +63,24 @@ class ReportTable:
             table.add_row(*map(Text, row), style=self._style(i) or None)
         return table
 
+    def _vertical(self) -> Table:
+        table = self._titled(show_header=False)
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for i, row in enumerate(self.rows):
+            for j, (name, cell) in enumerate(zip(self.columns, row)):
+                table.add_row(Text(name), Text(cell), style=self._style(i) or None,
+                              end_section=j == len(row) - 1)
+        return table
+
     def to_markdown(self) -> str:
+        # Markdown renderers pass raw HTML through: run names, categories and reasoning are escaped as text.
         def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "\\|").replace("\n", "<br>") for c in cells) + " |"
+            return "| " + " | ".join(_md(c).replace("|", "\\|").replace("\n", "<br>") for c in cells) + " |"
 
         align = ["---:" if j in self.numeric else "---" for j in range(len(self.columns))]
-        lines = [f"### {self.title}", "", line(self.columns), line(align), *map(line, self.rows)]
-        return "\n".join(lines + (["", self.caption] if self.caption else [])) + "\n"
+        lines = [f"### {_md(self.title)}", "", line(self.columns), line(align), *map(line, self.rows)]
+        return "\n".join(lines + (["", _md(self.caption)] if self.caption else [])) + "\n"
 
     def to_html(self) -> str:
         def cells(tag: str, values: Sequence[str]) -> str:
@@ -69,6 +96,10 @@ class ReportTable:
                 f"<tbody>{body}</tbody></table>{caption}")
 
 
+def _md(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
 def pct(x: float) -> str:
     return f"{x:.1%}"
 
@@ -82,9 +113,20 @@ def pvalue(p: float) -> str:
     return f"{p:.2g}"
 
 
-def _shown(value: object) -> str:
-    # Separators and joiners are whitespace; repr makes them visible in a table.
-    return repr(value) if isinstance(value, str) and (value == "" or value != value.strip()) else str(value)
+def direction_style(c: Comparison | None) -> str:
+    """Green for a significant gain, red for a significant loss, nothing for a difference that may be chance."""
+    if c is None or not c.significant:
+        return ""
+    return "green" if c.delta > 0 else "red"
+
+
+def objective(value: float, score: str) -> str:
+    """A search trial's value in its own unit: accuracy as a percentage, a log-probability as itself (nats)."""
+    return f"{value:.3f}" if score == "logprob" else pct(value)
+
+
+def objective_name(score: str) -> str:
+    return "mean log-prob (nats)" if score == "logprob" else "accuracy"
 
 
 def runs_table(report: Report) -> ReportTable:
@@ -92,8 +134,13 @@ def runs_table(report: Report) -> ReportTable:
     years = sorted({y for r in report.runs for y in r.years})
     # Identity columns no run fills (e.g. adapter and optimizer for scored predictions) would only take width.
     identity = [f for f in ("model", "adapter", "format", "optimizer") if any(getattr(r, f) for r in report.runs)]
-    columns = ("run", *identity, "n", "accuracy", "points", *years, "禁忌肢", "parse fail", "LM calls", "tokens",
-               f"Δ vs {report.baseline} [CI]")
+    # Counts apart from answers that did not parse, shown only when some run has them: questions a prediction file
+    # left unanswered, questions that could not be asked, answers cut off at the token limit.
+    extra = [(name, key) for name, key in (("no prediction", "missing"), ("not run", "not_run"),
+                                           ("truncated", "truncated"))
+             if any(getattr(r.overall, key) for r in report.runs)]
+    columns = ("run", *identity, "n", "accuracy", "points", *years, "禁忌肢", "parse fail", *(n for n, _ in extra),
+               "LM calls", "tokens", f"Δ vs {report.baseline} [CI]")
     rows, styles = [], []
     for r in report.runs:
         c = report.comparison(r.label)
@@ -107,9 +154,10 @@ def runs_table(report: Report) -> ReportTable:
         rows.append((r.label, *(getattr(r, f) or DASH for f in identity), str(o.n), pct(o.accuracy),
                      f"{o.points}/{o.points_possible}",
                      *(pct(r.years[y].accuracy) if y in r.years else DASH for y in years),
-                     str(o.forbidden_picked), str(o.parse_failures), f"{r.lm_calls:,}",
+                     str(o.forbidden_picked), str(o.parse_failures), *(str(getattr(o, key)) for _, key in extra),
+                     f"{r.lm_calls:,}",
                      f"{r.prompt_tokens + r.completion_tokens:,}", delta))
-        styles.append("bold" if r.label == report.baseline else "green" if c and c.significant else "")
+        styles.append("bold" if r.label == report.baseline else direction_style(c))
     numeric = frozenset(range(1 + len(identity), len(columns)))
     caption = (f"Δ in accuracy points, paired bootstrap {report.comparisons[0].confidence:.0%} CI; "
                f"* survives Holm-adjusted exact McNemar at α={report.alpha}") if report.comparisons else ""
@@ -126,7 +174,7 @@ def comparisons_table(report: Report) -> ReportTable:
     caption = (f"exact McNemar, Holm-adjusted over {len(rows)} comparison{'s' if len(rows) > 1 else ''} at "
                f"α={report.alpha}; lost = {report.baseline} right and run wrong, gained = the reverse")
     return ReportTable(f"Paired comparisons vs {report.baseline}", columns, rows, frozenset(range(1, 10)),
-                       tuple("green" if c.significant else "" for c in report.comparisons), caption)
+                       tuple(direction_style(c) for c in report.comparisons), caption)
 
 
 def groups_table(report: Report) -> ReportTable:
@@ -144,6 +192,16 @@ def _criterion(c: Criterion | None) -> str:
     return f"{c.points}/{c.possible} ≥ {c.required:.4g} {'✓' if c.passed else '✗'}"
 
 
+def forbidden_cell(v: YearVerdict) -> str:
+    """Questions with a 禁忌肢 picked against the most allowed: ``4 > 3 ✗``, ``2 ≤ 3 ✓``, or ``?`` when some
+    questions' 禁忌肢 are unknown and the count is only a lower bound."""
+    if v.forbidden_max is None:
+        return str(v.forbidden)
+    if v.forbidden > v.forbidden_max:
+        return f"{v.forbidden} > {v.forbidden_max} ✗"
+    return f"{v.forbidden} ≤ {v.forbidden_max} {'?' if v.forbidden_unknown else '✓'}"
+
+
 def verdict_label(v: YearVerdict) -> str:
     return {"pass": "PASS", "fail": "FAIL"}.get(v.status, v.status) + (" ~" if v.approximate else "")
 
@@ -152,8 +210,7 @@ def verdicts_table(verdicts: Sequence[YearVerdict]) -> ReportTable:
     """NMLE verdict per run and year with the three criteria; ``~`` marks an approximate verdict (see notes)."""
     columns = ("run", "year", "exam", "必修", "一般+臨床", "禁忌肢", "verdict", "notes")
     rows = tuple((v.run, str(v.year), f"{v.exam}th" if v.exam else DASH, _criterion(v.compulsory),
-                  _criterion(v.general), f"{v.forbidden} ≤ {v.forbidden_max}" if v.forbidden_max is not None
-                  else str(v.forbidden), verdict_label(v), "; ".join(v.notes)) for v in verdicts)
+                  _criterion(v.general), forbidden_cell(v), verdict_label(v), "; ".join(v.notes)) for v in verdicts)
     styles = tuple({"pass": "green", "fail": "red"}.get(v.status, "dim") for v in verdicts)
     sources = sorted({v.source for v in verdicts if v.source})
     caption = ("Cut-offs scaled to the points present; ~ = approximate. Source: " + "; ".join(sources)
@@ -195,18 +252,20 @@ def importances_table(view: SearchView) -> ReportTable:
 
 def axes_table(view: SearchView) -> ReportTable:
     """Mean and best objective of the trials that used each value of each axis."""
-    rows = tuple((a.param, _shown(a.value), str(a.n), pct(a.mean), pct(a.best)) for a in view.axes)
-    return ReportTable(f"{view.run}: accuracy by axis value", ("axis", "value", "trials", "mean", "best"), rows,
-                       frozenset({2, 3, 4}))
+    rows = tuple((a.param, shown_value(a.value), str(a.n), objective(a.mean, view.score),
+                  objective(a.best, view.score)) for a in view.axes)
+    return ReportTable(f"{view.run}: {objective_name(view.score)} by axis value",
+                       ("axis", "value", "trials", "mean", "best"), rows, frozenset({2, 3, 4}))
 
 
 def best_so_far_table(view: SearchView) -> ReportTable:
     """The trials that improved on the best so far (the steps of the best-so-far curve)."""
     steps = [(n, v) for i, (n, v, best) in enumerate(view.best_so_far)
              if i == 0 or best != view.best_so_far[i - 1][2]]
-    return ReportTable(f"{view.run}: best so far ({view.direction})", ("trial", "value"),
-                       tuple((str(n), pct(v)) for n, v in steps), frozenset({0, 1}),
-                       caption="best format: " + ", ".join(f"{k}={_shown(v)}" for k, v in view.best_format.items()))
+    best = ", ".join(f"{k}={shown_value(v)}" for k, v in view.best_format.items())
+    return ReportTable(f"{view.run}: best so far ({objective_name(view.score)}, {view.direction})",
+                       ("trial", "value"), tuple((str(n), objective(v, view.score)) for n, v in steps),
+                       frozenset({0, 1}), caption=f"best format: {best}")
 
 
 def report_tables(report: Report, *, flips: int | None = None, reasoning_chars: int | None = 160) -> list[ReportTable]:

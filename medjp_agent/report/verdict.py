@@ -4,13 +4,14 @@ A candidate passes a year's exam only when all three criteria hold (cut-offs in 
 
 1. compulsory (必修) questions: at least the required share of their points (160 of 200, i.e. 80 %);
 2. the other general and clinical questions (一般 + 臨床実地): at least that year's cut-off;
-3. forbidden choices (禁忌肢): 4 or more picked fails regardless of points.
+3. forbidden choices (禁忌肢): 4 or more questions with a forbidden choice picked (禁忌肢問題選択数) fail regardless
+   of points; two forbidden choices picked in one question count once.
 
 Which questions are compulsory is read from the block, the letter after the dash in ``QuestionResult.section``
 (``112-B`` is block B); questions worth 0 points (excluded from marking) count for nothing.
 
 **Scaling rule.** The official cut-offs are points out of the official totals, but the points actually present in a
-run can differ: IgakuQA drops or excludes a few questions (2022's general+clinical blocks hold 297 points, not 299),
+run can differ: a data set may lack or add questions the official totals count,
 and a run may be filtered (``--text-only``, some sections). Each points cut-off is therefore scaled to the points
 present, keeping its share: ``required = official_required × present_total / official_total``, and the run passes
 the criterion when ``points ≥ required``. Where the present totals equal the official ones this is exactly the
@@ -110,6 +111,9 @@ class YearVerdict(Serializable):
     forbidden_max: int | None = None
     notes: tuple[str, ...] = ()
     source: str = ""
+    #: Questions whose 禁忌肢 are unknown (no metadata): then ``forbidden`` is a lower bound and, below the limit,
+    #: the 禁忌肢 criterion is unknown.
+    forbidden_unknown: int = 0
 
 
 def _block(section: str) -> str:
@@ -122,7 +126,7 @@ def _criterion(results: Sequence[QuestionResult], required: int, total: int) -> 
                      required=required * possible / total, official_required=required, official_total=total)
 
 
-def _status(compulsory: Criterion, general: Criterion, forbidden_ok: bool) -> Status:
+def _status(compulsory: Criterion, general: Criterion, forbidden_ok: bool | None) -> Status:
     outcomes = (compulsory.passed, general.passed, forbidden_ok)
     if False in outcomes:
         return "fail"
@@ -135,21 +139,27 @@ def year_verdict(results: Sequence[QuestionResult], cutoff: Cutoff | None, *, ru
 
     Returns status ``no cut-off known`` when ``cutoff`` is None.
     """
-    forbidden = sum(len(r.forbidden_picked) for r in results)
+    # 禁忌肢問題選択数: the criterion counts questions in which a forbidden choice was picked, not the choices.
+    forbidden = sum(bool(r.forbidden_picked) for r in results)
+    unknown = sum(not r.forbidden_known for r in results)
+    unknown_note = ([f"禁忌肢 unknown for {unknown} questions (no metadata): {forbidden} picked is a lower bound"]
+                    if unknown else [])
     if cutoff is None:
-        return YearVerdict(run=run, year=year, status="no cut-off known", forbidden=forbidden)
+        return YearVerdict(run=run, year=year, status="no cut-off known", forbidden=forbidden,
+                           notes=tuple(unknown_note), forbidden_unknown=unknown)
     is_compulsory = [_block(r.section) in cutoff.compulsory_blocks for r in results]
     compulsory = _criterion([r for r, c in zip(results, is_compulsory) if c],
                             cutoff.compulsory_required, cutoff.compulsory_total)
     general = _criterion([r for r, c in zip(results, is_compulsory) if not c],
                          cutoff.general_required, cutoff.general_total)
-    notes = list(subset)
+    notes = list(subset) + unknown_note
     notes += [f"{name}: {c.possible} of {c.official_total} points present, cut-off scaled to {c.required:.1f}"
               for name, c in (("必修", compulsory), ("一般+臨床", general)) if c.scaled]
+    forbidden_ok = False if forbidden > cutoff.forbidden_max else None if unknown else True
     return YearVerdict(
-        run=run, year=year, exam=cutoff.exam, status=_status(compulsory, general, forbidden <= cutoff.forbidden_max),
+        run=run, year=year, exam=cutoff.exam, status=_status(compulsory, general, forbidden_ok),
         compulsory=compulsory, general=general, forbidden=forbidden, forbidden_max=cutoff.forbidden_max,
-        approximate=bool(notes), notes=tuple(notes), source=cutoff.source,
+        approximate=bool(notes), notes=tuple(notes), source=cutoff.source, forbidden_unknown=unknown,
     )
 
 

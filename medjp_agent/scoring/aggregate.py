@@ -11,6 +11,9 @@ from typing import Any, Literal
 from .record import QuestionResult
 
 GroupBy = Literal["year", "section", "category", "qtype"]
+#: The reason recorded on a question that a scored prediction file does not answer: it counts as ``missing``,
+#: wrong, and not as a parse failure (there was nothing to parse).
+NO_PREDICTION = "no prediction for this question"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,12 @@ class Aggregate:
     points_possible: int
     forbidden_picked: int
     parse_failures: int
+    missing: int = 0
+    #: Questions that could not be asked (see :attr:`QuestionResult.not_run`): outside every other count, so they
+    #: are neither right nor wrong, and accuracy is over the questions asked.
+    not_run: int = 0
+    #: Answers read from a completion cut off at the token limit.
+    truncated: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -31,14 +40,19 @@ class Aggregate:
 
 
 def aggregate(results: Iterable[QuestionResult]) -> Aggregate:
-    rows = list(results)
+    everything = list(results)
+    rows = [r for r in everything if not r.not_run]
     return Aggregate(
         n=len(rows),
         correct=sum(r.correct for r in rows),
         points=sum(r.points for r in rows),
         points_possible=sum(r.points_possible for r in rows),
-        forbidden_picked=sum(len(r.forbidden_picked) for r in rows),
-        parse_failures=sum(r.parse_error is not None for r in rows),
+        # Questions with a forbidden choice picked, as the exam's 禁忌肢 criterion counts them.
+        forbidden_picked=sum(bool(r.forbidden_picked) for r in rows),
+        parse_failures=sum(r.parse_error is not None and r.parse_error != NO_PREDICTION for r in rows),
+        missing=sum(r.parse_error == NO_PREDICTION for r in rows),
+        not_run=len(everything) - len(rows),
+        truncated=sum(r.truncated for r in rows),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from medjp_agent.data import Question
 
 from .extract import Extraction
-from .grade import grade
+from .grade import LITERAL_METHOD, grade
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class QuestionResult:
     points: int
     points_possible: int
     forbidden_picked: tuple[str, ...] = ()
+    #: False when no metadata said which choices are 禁忌肢, so ``forbidden_picked`` is empty by ignorance.
+    forbidden_known: bool = True
     parse_error: str | None = None
     completion: str = ""
     reasoning: str = ""
@@ -39,19 +41,36 @@ class QuestionResult:
     samples: tuple[tuple[str, ...], ...] = ()
     score: float | None = None
     text_only: bool = True
+    #: How the answer was found (marker, label-line, choice-text, number, ...; ``+template`` when a calculation
+    #: answer was graded by its answer boxes); empty when nothing was parsed.
+    method: str = ""
+    #: Why the completions ended (``"length"`` when any was cut off at the token limit, and then ``truncated``);
+    #: empty when the backend did not say. See :func:`medjp_agent.lm.finish.finish_summary`.
+    finish_reason: str = ""
+    truncated: bool = False
+    #: Why the question could not be asked (a server that kept answering empty, a prompt too long); empty when it
+    #: was. Such a record holds no answer: it is not a wrong one.
+    not_run: str = ""
+    #: The exact prompt sent (a string, chat messages, or an ensemble's list of them), kept only by --log-prompts.
+    prompt: Any = None
 
     @classmethod
     def scored(cls, question: Question, extraction: Extraction, **extra: Any) -> "QuestionResult":
-        g = grade(question, extraction.answer)
+        g = grade(question, extraction.answer, literal=extraction.method == LITERAL_METHOD)
+        method = extraction.method + ("+template" if g.by_template and extraction.method else "")
         return cls(
             id=question.id, year=question.year, section=question.section, category=question.category,
             qtype=question.qtype, gold=question.answers, answer=extraction.answer, correct=g.correct,
             points=g.points, points_possible=question.points, forbidden_picked=g.forbidden_picked,
-            parse_error=extraction.reason, text_only=question.text_only, **extra,
+            forbidden_known=question.forbidden_known,
+            parse_error=extraction.reason, text_only=question.text_only, method=method, **extra,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["prompt"] is None:  # only runs with --log-prompts carry the prompt
+            del d["prompt"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuestionResult":

@@ -1,0 +1,60 @@
+"""The project's error family: what a user can fix (bad input, bad settings, a failing LM) derives from
+:class:`MedjpError`, and the command line turns exactly those into a one-line message. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Exceptions that mean a bug in our code (or in a library), never a server or a model that failed: they pass
+#: through :func:`lm_boundary` untouched, so their traceback is shown and no run is reported as resumable.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError, AttributeError, NameError, AssertionError, NotImplementedError, ImportError, RecursionError,
+)
+
+
+class MedjpError(Exception):
+    """Base class of every error a user can act on; ``exit_code`` is what the command line exits with."""
+
+    exit_code = 2
+
+
+class ConfigError(MedjpError, ValueError):
+    """Settings that cannot work together (a flag value, a format space, a study made with other settings)."""
+
+
+class LMError(MedjpError):
+    """A call to the LM failed (server down, timeout, out of memory); the cause is chained."""
+
+    exit_code = 1
+
+
+class RunInterrupted(MedjpError):
+    """Questions stopped because the LM failed; what finished is saved, and re-running resumes."""
+
+    exit_code = 1
+
+
+@contextmanager
+def lm_boundary() -> Iterator[None]:
+    """Wrap a call to an LM: its failures become :class:`LMError`; programming errors pass through."""
+    try:
+        yield
+    except (MedjpError, *PROGRAMMING_ERRORS):
+        raise
+    except Exception as e:  # noqa: BLE001 - any other failure of a backend is the LM failing
+        raise LMError(f"{type(e).__name__}: {e}") from e
+
+
+@contextmanager
+def user_input(what: str = "") -> Iterator[None]:
+    """Around code that reads what a user wrote (a format name, a space file, LM options): the ``ValueError`` or
+    missing file it raises is a :class:`ConfigError`, reported as a message instead of a traceback."""
+    try:
+        yield
+    except MedjpError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"{what}: {e}" if what else str(e)) from e

@@ -1,0 +1,146 @@
+"""Errors that say what to do: --model checks, score mismatches, did-you-mean, resume advice, quiet libraries,
+the tiny-model notice, --version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medjp_agent.cli import app
+from medjp_agent.errors import ConfigError
+from medjp_agent.lm import model_path
+from medjp_agent.lm.errors import RequestRejected, ServerUnavailable
+from medjp_agent.lm.model_path import check_model_source
+from medjp_agent.quiet import silence_library_noise
+from medjp_agent.rerun import rerun_can_fix, resume_hint
+from medjp_agent.suggest import did_you_mean
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def adapter_dir(tmp_path) -> Path:
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    return folder
+
+
+def test_missing_model_folder_is_named_not_a_traceback(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"--model ./models/swallow: no such folder .*hub id looks like org/name"):
+        check_model_source("./models/swallow")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ConfigError, match="no such folder"):  # org/name-shaped, but models/ is a local folder
+        check_model_source("models/swallow")
+    check_model_source("org/model-on-the-hub")  # a hub id is left to transformers
+
+
+def test_adapter_folder_as_model_says_use_adapter(adapter_dir):
+    with pytest.raises(ConfigError, match=rf"PEFT adapter .* --model org/base and this folder with --adapter "
+                                          rf"{adapter_dir}"):
+        check_model_source(str(adapter_dir))
+
+
+def test_folder_without_config_says_so(tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"no config.json in this folder \(it holds weights.safetensors\)"):
+        check_model_source(str(tmp_path))
+    with pytest.raises(ConfigError, match="is a file"):
+        check_model_source(str(tmp_path / "weights.safetensors"))
+
+
+def test_eval_with_an_adapter_as_model_stops_before_loading(adapter_dir, tmp_path):
+    res = runner.invoke(app, ["eval", "--model", str(adapter_dir), "--limit", "1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "this folder is a PEFT adapter" in res.output
+    assert "re-run" not in res.output and not (tmp_path / "r" / "results.jsonl").exists()
+
+
+def test_tiny_model_notice_is_said_once(capsys):
+    model_path.tiny_model_notice.cache_clear()
+    check_model_source(None)
+    check_model_source(None)
+    err = capsys.readouterr().err
+    assert err.count("no --model given") == 1 and "chance level" in err
+
+
+def test_resume_advice_only_where_rerunning_can_help(tmp_path):
+    down = ServerUnavailable("connection refused")
+    rejected = RequestRejected("400 prompt too long")
+    assert rerun_can_fix(down) and rerun_can_fix(TimeoutError()) and rerun_can_fix(RuntimeError("CUDA out of memory"))
+    assert not rerun_can_fix(rejected) and not rerun_can_fix(OSError("Should have a model_type key"))
+    try:
+        raise RuntimeError("wrapped") from AttributeError("no attribute 'disable_adapter'")
+    except RuntimeError as e:
+        assert not rerun_can_fix(e)
+    assert resume_hint(down, 3, 10, tmp_path).endswith("re-run the same command to resume.")
+    assert "re-run the same command" not in resume_hint(rejected, 3, 10, tmp_path)
+    assert "fix the cause above" in resume_hint(rejected, 3, 10, tmp_path)
+
+
+def test_did_you_mean():
+    assert did_you_mean("tpe", ["tpe", "random"]) == " (did you mean 'tpe'?)"
+    assert did_you_mean("TPE", ["tpe", "random"]) == " (did you mean 'tpe'?)"
+    assert did_you_mean("zzz", ["tpe", "random"]) == ""
+
+
+def test_mistyped_format_suggests_the_name(tmp_path):
+    res = runner.invoke(app, ["eval", "--format", "plain-ja-cott", "--limit", "1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "did you mean 'plain-ja-cot'" in res.output
+
+
+def test_score_without_matching_data_stops_naming_the_mismatch(tmp_path):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "116-A_gpt4.jsonl").write_text("".join(json.dumps({"problem_id": f"116A{i}", "prediction": "a"}) + "\n"
+                                                    for i in range(1, 41)))
+    res = runner.invoke(app, ["score", "--predictions", str(preds), "--out", str(tmp_path / "r")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "40 of 40 predictions match no question of --data sample" in out
+    assert "116A1" in out and "--data" in out and not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_missing_predictions_are_counted_as_missing(tmp_path):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "a_sys.jsonl").write_text(json.dumps({"problem_id": "SA1", "prediction": "b"}) + "\n")
+    res = runner.invoke(app, ["score", "--predictions", str(preds), "--system", "sys"], env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    strict = next(line for line in res.output.splitlines() if line.startswith("│ strict"))
+    assert strict.split("│")[4].strip() == "0" and strict.split("│")[5].strip() == "29"  # parse failures, missing
+
+
+def test_library_noise_is_silenced_and_real_warnings_kept(caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_library_noise()
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        for _ in range(3):
+            warnings.warn("Paged optimizers are not supported on CPU. Falling back.", UserWarning)
+        warnings.warn("a real deprecation", FutureWarning)
+    messages = [str(w.message) for w in caught]
+    assert messages == ["Paged optimizers are not supported on CPU. Falling back.", "a real deprecation"]
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure", "x")
+        logger.warning("something real")
+    assert [r.getMessage() for r in caplog.records] == ["something real"]
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("medjp-agent ")
+
+
+def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
+    from medjp_agent.optimizers.dspy_optimizers import optimizer_spec
+
+    res = runner.invoke(app, ["search", "--sampler", "tpf", "--limit", "4", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "did you mean 'tpe'" in res.output
+    with pytest.raises(ConfigError, match="did you mean 'mipro'"):
+        optimizer_spec("mirpo")
