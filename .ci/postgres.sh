@@ -13,6 +13,8 @@ pg_bin() {
   dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   if [ -z "$dir" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     # Install only the server: the host must not start Debian's own cluster as a service.
+    # A new machine's package lists may be empty or stale: refresh them first.
+    apt-get update -q >&2 || true
     apt-get install -y -q postgresql >&2 || true
     dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   fi

@@ -48,10 +48,12 @@ from medjp_agent.lm.completions import Generation  # noqa: E402
 MEDJP = str(Path(sys.executable).parent / "medjp")
 #: The faults the pump draws from: everything the client must retry or record as not run, never score.
 FAULTS = ("500", "503", "429", "drop", "timeout", "empty", "null", "no_choices", "malformed", "truncated")
-#: A small space (4 personas x 3 wordings x 2 joiners = 24 formats) that keeps the reply parseable in every
-#: format, so a wrong answer can only come from a fault, and that a sampler soon starts to repeat itself in.
+#: A space of 4 personas x 3 wordings x 2 joiners x 4 shot counts x 2 instruction positions = 192 formats that keeps
+#: the reply parseable in every format, so a wrong answer can only come from a fault; small enough for a sampler to
+#: start repeating itself within a soak.
 SPACE = {"base": "plain-ja-direct", "axes": {"persona": ["none", "examinee", "specialist", "professor"],
-                                             "wording": ["paper", "exam", "concise"], "joiner": ["\n\n", "\n"]}}
+                                             "wording": ["paper", "exam", "concise"], "joiner": ["\n\n", "\n"],
+                                             "shots": [0, 1, 2, 3], "instruction_position": ["preamble", "header"]}}
 
 
 class GoldReply:
@@ -307,7 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=180.0, help="Seconds of killing and restarting (default 180).")
     p.add_argument("--grace", type=float, default=60.0, help="Seconds the workers get to stop on their own after.")
-    p.add_argument("--n-trials", type=int, default=20, help="The study's trial budget (default 20 of 24 formats).")
+    p.add_argument("--n-trials", type=int, default=150,
+                   help="The study's trial budget (default 150 of the 192 formats: the duration ends the soak first).")
     p.add_argument("--kill-every", type=float, nargs=2, default=(5.0, 15.0), metavar=("MIN", "MAX"),
                    help="Seconds between two kills, drawn uniformly (default 5 15).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the faults and the kills.")

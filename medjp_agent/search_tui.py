@@ -280,9 +280,9 @@ class SearchSummary:
         if r.screen is not None:
             rho = "–" if r.screen.spearman is None else f"{r.screen.spearman:+.2f}"
             out.append(f"screening: {r.screen.n_trials} formats by log-probability on {r.screen.n_questions} "
-                       f"questions ({r.screen.lm_calls:,} LM calls), {len(r.screen.promoted)} promoted; Spearman's ρ "
-                       f"between the stages' rankings {rho} over {len(set(r.screen.stage1) & set(r.screen.stage2))} "
-                       "formats that ran both")
+                       f"questions ({r.screen.lm_calls:,} LM calls), {len(r.screen.promoted)} promoted, "
+                       f"{r.screen.n_pruned} pruned; Spearman's ρ between the stages' rankings {rho} over "
+                       f"{len(set(r.screen.stage1) & set(r.screen.stage2))} formats that ran both")
         if s.n_formats:
             out.append(f"format sensitivity over {s.n_formats} formats: spread {s.spread:.1%} (best {s.best:.1%} "
                        f"{s.best_format}, worst {s.worst:.1%} {s.worst_format}), median {s.quantiles['p50']:.1%}, "

@@ -145,7 +145,7 @@ def _screen(config: SearchConfig, dev: Sequence[Question]) -> tuple[ScreenResult
     stage1 = {o.reference.removesuffix("-direct"): o.value for o in result.references.values()}
     stage1.update({f"screen-{o.number}": o.value for o in promoted})
     screened = ScreenResult(settings.study, result.n_complete, len(questions), result.lm_calls,
-                            tuple(f"screen-{o.number}" for o in promoted), stage1, {})
+                            tuple(f"screen-{o.number}" for o in promoted), stage1, {}, n_pruned=result.n_pruned)
     return screened, promoted
 
 

@@ -138,7 +138,8 @@ class ScreenResult:
     """Stage 1 in numbers, and how well it predicted stage 2.
 
     ``spearman`` is Spearman's ρ between each candidate's stage-1 value and its best stage-2 value (over the
-    candidates fully evaluated in both; None with fewer than three), ``p_value`` its two-sided p-value.
+    candidates fully evaluated in both; None with fewer than three), ``p_value`` its two-sided p-value;
+    ``n_pruned`` the stage-1 formats the Wilcoxon pruner stopped.
     """
 
     study: str
@@ -150,6 +151,7 @@ class ScreenResult:
     stage2: dict[str, float]
     spearman: float | None = None
     p_value: float | None = None
+    n_pruned: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -92,17 +92,25 @@ def database() -> Iterator[str]:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def start_searches(tmp_path: Path, url: str, n: int, *, delay: float, kill_first_at: int = 0) -> list[subprocess.Popen]:
-    """``n`` `medjp search` processes on one study, released together once all have started."""
-    driver, space, barrier = tmp_path / "driver.py", tmp_path / "space.yaml", tmp_path / "barrier"
+def search_command(tmp_path: Path, url: str, out: str, *args: str) -> list[str]:
+    """`medjp search` on the shared study (the driver and space files are written once)."""
+    driver, space = tmp_path / "driver.py", tmp_path / "space.yaml"
     driver.write_text(DRIVER, encoding="utf-8")
     space.write_text(SPACE_YAML, encoding="utf-8")
+    return [sys.executable, str(driver), "search", "--out", str(tmp_path / out), "--study", STUDY, "--storage", url,
+            "--space", str(space), "--no-tui", "--threads", "1", "--limit", "20", *args]
+
+
+def start_searches(tmp_path: Path, url: str, n: int, *, delay: float, heartbeat: float,
+                   kill_first_at: int = 0) -> list[subprocess.Popen]:
+    """``n`` `medjp search --no-final` processes on one study, released together once all have started. A live
+    trial silent for 3 x ``heartbeat`` counts as dead: keep that well above what a loaded CI machine may stall."""
+    barrier = tmp_path / "barrier"
     barrier.mkdir()
     procs = []
     for i in range(n):
-        command = [sys.executable, str(driver), "search", "--out", str(tmp_path / f"node{i}"), "--study", STUDY,
-                   "--storage", url, "--space", str(space), "--n-trials", str(N_TRIALS), "--no-tui", "--no-final",
-                   "--heartbeat", "0.5", "--threads", "1", "--limit", "20"]
+        command = search_command(tmp_path, url, f"node{i}", "--n-trials", str(N_TRIALS), "--no-final",
+                                 "--heartbeat", str(heartbeat))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "BARRIER": str(barrier), "DELAY": str(delay),
                "KILL_AT": str(kill_first_at if i == 0 else 0)}
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
@@ -150,18 +158,27 @@ def settled(url: str) -> tuple[optuna.Study, list[FrozenTrial]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_searches_started_together_on_an_empty_database_share_one_study(tmp_path, database, n):
-    results = finish(start_searches(tmp_path, database, n, delay=0.02))
+    results = finish(start_searches(tmp_path, database, n, delay=0.02, heartbeat=10))
     for code, stderr in results:
         assert code == 0, stderr
-    _, failed = settled(database)
+    study, failed = settled(database)
     assert failed == []
+    n_trials = len(study.trials)
+
+    # The README's last step: the study's best and the paper's formats on the test split, no new trial.
+    final = subprocess.run(search_command(tmp_path, database, "final", "--n-trials", "0"), capture_output=True,
+                           text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                        "BARRIER": str(tmp_path / "barrier")})
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert len(study.trials) == n_trials
+    assert {p.name for p in (tmp_path / "final" / "test").iterdir()} == {"best", *PAPER_FORMATS}
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_is_detected_and_its_trial_runs_again_once(tmp_path, database):
     # The first process kills itself at its 5th LM call: 5 questions into its first trial (a paper format) of 10.
     (killed, killed_err), (survivor, survivor_err) = finish(
-        start_searches(tmp_path, database, 2, delay=0.05, kill_first_at=5))
+        start_searches(tmp_path, database, 2, delay=0.05, heartbeat=2, kill_first_at=5))
     assert killed == -9, killed_err
     assert survivor == 0, survivor_err
     study, failed = settled(database)

@@ -3,8 +3,8 @@
 It is a script over the real commands, so the demo exercises exactly what users run:
 1. build the tiny random Llama (cached);
 2. QLoRA-train it (4-bit NF4) on the bundled USMLE-JP-style set so it answers in the exam format (cached);
-3. `medjp search` on the bundled sample exam, with the live TUI;
-4. `medjp report` on the held-out test runs, with the deltas against the paper's two formats.
+3. `medjp search` on the bundled sample exam, with the live TUI, in :data:`SEARCH_SETTINGS` (:data:`WHY_SETTINGS`);
+4. `medjp report` on the held-out test runs, with the deltas against the paper's two formats as the search ran them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ import typer
 
 from .options import console
 
-#: The search's first reference format (the paper's prompt): the report's baseline.
+#: The search's first reference format (the paper's prompt): the report's baseline. The search's second stage
+#: generates with it as written (no ``-direct`` variant), on the same test questions as the winner.
 REFERENCE_FORMAT = "paper-instruction-in-header"
+
+#: `medjp search` flags that size the demo so that the Wilcoxon pruner can stop formats on a 30-question exam.
+SEARCH_SETTINGS = ("--split", "0.1,0.6,0.3", "--n-startup-steps", "14", "--screen", "logprob", "--screen-trials", "12")
+#: Why (printed before the search). A chance-level model's 0/1 scores differ on too few questions: with k
+#: same-sign differences the one-sided p-value is about 2^-k, so the best format must be right on 4 or more
+#: questions another is wrong on; a log-probability differs on every question.
+WHY_SETTINGS = ("search settings: 20 of the 30 questions choose (--split 0.1,0.6,0.3), stops may start after 14 "
+                "(--n-startup-steps 14, the least), and formats are first screened by the gold option's "
+                "log-probability (--screen logprob): at chance level 0/1 scores differ on too few questions for the "
+                "Wilcoxon pruner, log-probabilities on every one")
 
 
 def _invoke(app: typer.Typer, args: list[str]) -> None:
@@ -35,7 +46,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
-        n_trials: Annotated[int, typer.Option(help="Formats to try in the search.")] = 8,
+        n_trials: Annotated[int, typer.Option(help="Formats generated with, after 12 screened by log-probability.")] = 8,
         threads: Annotated[int, typer.Option(help="Questions in flight at once.")] = 16,
         no_tui: Annotated[bool, typer.Option("--no-tui", help="Log lines instead of the live view.")] = False,
     ) -> None:
@@ -50,9 +61,10 @@ def register(app: typer.Typer) -> None:
         adapter = ensure_demo_adapter()  # in its labelled DEMO_FORMAT: a label line is what 40 steps teach
         console.print(f"adapter at {adapter}")
         search_dir = out / "search"
+        console.print(WHY_SETTINGS, style="dim", highlight=False)
         _invoke(app, ["search", "--model", str(model), "--adapter", str(adapter), "--out", str(search_dir),
                       "--n-trials", str(n_trials), "--threads", str(threads), "--max-new-tokens", "192",
-                      *(["--no-tui"] if no_tui else [])])
+                      *SEARCH_SETTINGS, *(["--no-tui"] if no_tui else [])])
         runs = sorted(str(p) for p in (search_dir / "test").iterdir() if (p / "results.jsonl").exists())
         _invoke(app, ["report", *runs, "--baseline", str(search_dir / "test" / REFERENCE_FORMAT),
                       "--html", str(out / "report.html")])

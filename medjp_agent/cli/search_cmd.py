@@ -101,7 +101,7 @@ def search(
     n_workers: Annotated[int, typer.Option(min=1, help="Parallel workers in this process; other processes may join with the same --study/--storage.", rich_help_panel=_SEARCH)] = 1,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats; a trial silent for 3x this is re-queued.", rich_help_panel=_SEARCH)] = 30.0,
     seed: Annotated[int, typer.Option(help="Seed of the sampler (of the process that creates the study) and the question order.", rich_help_panel=_SEARCH)] = 0,
-    n_trials: Annotated[int | None, typer.Option(min=1, help="Finished (complete or pruned) trials in the study, over all runs and workers.", rich_help_panel=_BUDGET)] = 30,
+    n_trials: Annotated[int | None, typer.Option(min=0, help="Finished (complete or pruned) trials in the study, over all runs and workers; 0 runs none (only the final test of the study's best).", rich_help_panel=_BUDGET)] = 30,
     timeout: Annotated[float | None, typer.Option(help="Seconds for this run; running trials finish.", rich_help_panel=_BUDGET)] = None,
     max_lm_calls: Annotated[int | None, typer.Option(min=1, help="LM calls over the study (both stages), checked before each question.", rich_help_panel=_BUDGET)] = None,
     split: SplitOpt = "0.2,0.4,0.4",
