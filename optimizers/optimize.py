@@ -7,6 +7,10 @@ evaluated on the dev split and only the best one goes to test, so test questions
 Resuming: DSPy's optimizers keep nothing when interrupted, so each compiled program is saved as soon as it exists
 (``<out>/programs/<format>.json``) and loaded instead of compiled on the next run; dev and test evaluations are
 ordinary run folders that resume question by question.
+
+``max_lm_calls`` is exact: the LMs (the proposer's too) are wrapped in one :class:`~.budget_lm.BudgetLM`, so no
+call past the budget is sent, even from inside a compile; the run then ends with what finished saved and
+``OptimizeResult.stopped`` saying in which phase the budget ran out.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from medjp_agent.results import RunManifest, RunWriter
 from medjp_agent.runs import EvalConfig, RunInfo, run_eval
 from medjp_agent.signatures import MedicalQA, PromptFormat
 
+from .budget_lm import BudgetLM, CallAllowance, LMBudgetSpent
 from .dspy_optimizers import OPTIMIZERS, OptimizerSettings, compile_program, optimizer_spec
 from .heldout import Finalist, TestRun, evaluate_finalists, save_best
 from .search import load_search
@@ -48,6 +53,7 @@ class OptimizeConfig:
         lm: The LM answering; ``proposer`` (default ``lm``) writes instructions or reflects.
         out: Run folder (manifest, summary, ``programs/``, ``dev/<format>``, ``test/<name>``, best program).
         settings: The optimizers' budget knobs.
+        max_lm_calls: LM calls this run may send (compiling, the proposer's, dev and test); None: no limit.
         data, filters, extra: What the manifests record.
         console: Where progress and tables go (None: silent).
     """
@@ -59,6 +65,7 @@ class OptimizeConfig:
     out: Path
     proposer: dspy.BaseLM | None = None
     settings: OptimizerSettings = OptimizerSettings()
+    max_lm_calls: int | None = None
     data: str = ""
     filters: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -68,6 +75,8 @@ class OptimizeConfig:
         optimizer_spec(self.optimizer)
         if not self.formats:
             raise ConfigError("optimize: no format to optimize")
+        if self.max_lm_calls is not None and self.max_lm_calls < 1:
+            raise ConfigError(f"--max-lm-calls must be at least 1, got {self.max_lm_calls}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,8 @@ class OptimizeResult:
 
     ``test`` holds the optimized program (``<optimizer>-<format>``) and the same format unoptimized (``<format>``);
     ``lm_calls`` counts every LM call of this run: compiling (the proposer's too), dev and test evaluations.
+    ``stopped`` says why the run ended early ("LM-call budget of N spent during <phase>"); what finished before
+    is in the other fields (``chosen`` is empty when no format was chosen yet) and saved.
     """
 
     optimizer: str
@@ -85,6 +96,7 @@ class OptimizeResult:
     compile_s: dict[str, float] = field(default_factory=dict)
     resumed: tuple[str, ...] = ()
     lm_calls: int = 0
+    stopped: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,50 +113,81 @@ def formats_from_search(run_dir: Path, top_k: int) -> tuple[list[PromptFormat], 
 
 
 def run_optimize(config: OptimizeConfig) -> OptimizeResult:
-    """Optimize within each format, pick the best on dev (when several), evaluate it and its baseline on test."""
+    """Optimize within each format, pick the best on dev (when several), evaluate it and its baseline on test.
+
+    When ``max_lm_calls`` runs out the run ends there, returning (and writing to the summary) what finished.
+    """
     writer = RunWriter(config.out, _manifest(config))
     meter = CallMeter()
-    with counting_calls(meter):
-        programs, compile_s, resumed = _compile_all(config)
-        common = {"data": config.data, "filters": dict(config.filters), "threads": config.settings.threads,
-                  "console": config.console, "meter": meter}
-        dev_accuracy = {name: _dev_accuracy(config, name, program, meter) for name, program in programs.items()
-                        } if len(programs) > 1 else {}
-        chosen = max(dev_accuracy, key=dev_accuracy.__getitem__) if dev_accuracy else config.formats[0].name
-        best = programs[chosen]
-        finalists = [Finalist(f"{config.optimizer}-{chosen}", best, config.optimizer),
-                     Finalist(chosen, MedicalQA(best.format, demo_pool=config.splits.demo_pool(),
-                                                seed=config.settings.seed))]
-        test = evaluate_finalists(finalists, config.splits.test, config.lm, config.out, kind="optimize",
-                                  extra={"optimizer": config.optimizer}, **common)
-    save_best(best, config.out)
-    result = OptimizeResult(config.optimizer, chosen, dev_accuracy, test, compile_s, tuple(resumed),
-                            lm_calls=meter.calls)
+    allowance = CallAllowance(config.max_lm_calls)
+    if config.max_lm_calls is not None:
+        config = dataclasses.replace(config, lm=BudgetLM(config.lm, allowance),
+                                     proposer=BudgetLM(config.proposer, allowance) if config.proposer else None)
+    done = _Done()
+    try:
+        with counting_calls(meter):
+            _optimize(config, done, allowance, meter)
+    except LMBudgetSpent as e:
+        done.stopped = str(e)
+    result = OptimizeResult(config.optimizer, done.chosen, done.dev_accuracy, done.test, done.compile_s,
+                            tuple(done.resumed), lm_calls=meter.calls, stopped=done.stopped)
     writer.finalize(optimize=result.to_dict())
     return result
 
 
-def _compile_all(config: OptimizeConfig) -> tuple[dict[str, MedicalQA], dict[str, float], list[str]]:
+@dataclass
+class _Done:
+    """What an optimize run has finished so far, filled phase by phase (all of it is reported if the budget ends
+    the run)."""
+
+    compile_s: dict[str, float] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
+    dev_accuracy: dict[str, float] = field(default_factory=dict)
+    chosen: str = ""
+    test: dict[str, TestRun] = field(default_factory=dict)
+    stopped: str = ""
+
+
+def _optimize(config: OptimizeConfig, done: _Done, allowance: CallAllowance, meter: CallMeter) -> None:
+    """The phases: compile each format, choose on dev (several formats), save the best, evaluate it on test."""
+    programs = _compile_all(config, done, allowance)
+    for name, program in programs.items() if len(programs) > 1 else ():
+        with allowance.phase(f"the dev evaluation of {name}"):
+            done.dev_accuracy[name] = _dev_accuracy(config, name, program, meter)
+    done.chosen = max(done.dev_accuracy, key=done.dev_accuracy.__getitem__) if done.dev_accuracy \
+        else config.formats[0].name
+    best = programs[done.chosen]
+    save_best(best, config.out)
+    finalists = [Finalist(f"{config.optimizer}-{done.chosen}", best, config.optimizer),
+                 Finalist(done.chosen, MedicalQA(best.format, demo_pool=config.splits.demo_pool(),
+                                                 seed=config.settings.seed))]
+    with allowance.phase("the test evaluation"):
+        done.test = evaluate_finalists(
+            finalists, config.splits.test, config.lm, config.out, kind="optimize", data=config.data,
+            filters=dict(config.filters), threads=config.settings.threads, console=config.console,
+            extra={"optimizer": config.optimizer}, meter=meter)
+
+
+def _compile_all(config: OptimizeConfig, done: _Done, allowance: CallAllowance) -> dict[str, MedicalQA]:
     """Each format's optimized program: loaded when a previous run saved it, else compiled and saved at once."""
     pool = config.splits.demo_pool()
     programs: dict[str, MedicalQA] = {}
-    compile_s: dict[str, float] = {}
-    resumed = []
     for fmt in config.formats:
         path = inside(config.out / PROGRAMS_DIR, f"{fmt.name}.json")
         student = MedicalQA(fmt, demo_pool=pool, seed=config.settings.seed)
         if path.exists() and OPTIMIZERS[config.optimizer].saveable:
             student.load(str(path))
             programs[fmt.name] = student
-            resumed.append(fmt.name)
+            done.resumed.append(fmt.name)
             continue
         start = time.perf_counter()
-        programs[fmt.name] = compile_program(config.optimizer, student, config.splits.train, config.splits.dev,
-                                             config.lm, proposer=config.proposer, settings=config.settings)
-        compile_s[fmt.name] = round(time.perf_counter() - start, 3)
+        with allowance.phase(f"compiling {fmt.name} ({config.optimizer})"):
+            programs[fmt.name] = compile_program(config.optimizer, student, config.splits.train, config.splits.dev,
+                                                 config.lm, proposer=config.proposer, settings=config.settings)
+        done.compile_s[fmt.name] = round(time.perf_counter() - start, 3)
         path.parent.mkdir(parents=True, exist_ok=True)
         programs[fmt.name].save(str(path))
-    return programs, compile_s, resumed
+    return programs
 
 
 def _dev_accuracy(config: OptimizeConfig, name: str, program: MedicalQA, meter: CallMeter) -> float:

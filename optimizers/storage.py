@@ -163,3 +163,20 @@ def search_storage_url(run_dir: str | Path, recorded: str | None) -> str:
     missing_sqlite = bool(recorded) and recorded.startswith("sqlite:///") and not Path(
         recorded.removeprefix("sqlite:///")).exists()
     return default_storage_url(run_dir) if (not recorded or missing_sqlite) and local.exists() else str(recorded or "")
+
+
+def require_finished_trials(url: str, study: str) -> None:
+    """``--n-trials 0`` evaluates the best of an existing study on the test split: refuse, before any model loads, a
+    study that has nothing finished to evaluate (a typo in --study, or a search that never ran)."""
+    from optuna.trial import TrialState
+
+    from medjp_agent.redact import redact_text
+
+    try:
+        finished = optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))
+    except KeyError:
+        finished = []
+    if not finished:
+        raise ConfigError(f"--n-trials 0 evaluates the best of an existing study, and study {study!r} in "
+                          f"{redact_text(url)} has no finished trial: give --n-trials 1 or more to search")

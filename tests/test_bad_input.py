@@ -118,7 +118,8 @@ CASES = {
                                 "expected dict"),
     # flags, refused while parsing: before any data or model loads
     "limit-negative": (("eval", "--limit", "-1"), "", "Invalid value for '--limit'"),
-    "n-trials-zero": (("search", "--n-trials", "0"), "", "Invalid value for '--n-trials'"),
+    # 0 only evaluates an existing study's best on the test split: a study with nothing finished is refused.
+    "n-trials-zero": (("search", "--n-trials", "0", "--out", "{tmp}/search"), "", "has no finished trial"),
     "n-trials-negative": (("search", "--n-trials", "-1"), "", "Invalid value for '--n-trials'"),
     "n-workers-zero": (("search", "--n-workers", "0"), "", "Invalid value for '--n-workers'"),
     "max-new-tokens-zero": (("eval", "--max-new-tokens", "0"), "", "Invalid value for '--max-new-tokens'"),

@@ -116,6 +116,7 @@ def search(
 ) -> None:
     """Search the prompt-format space with Optuna on the dev split; report the best on the test split."""
     from medjp_agent.optimizers import Budget, Liveness, SearchConfig, SearchSettings, run_search
+    from medjp_agent.optimizers.storage import require_finished_trials
     from medjp_agent.redact import redact_text
     from medjp_agent.report.optuna_views import dashboard_hint
     from medjp_agent.search_tui import LogObserver, SearchMonitor, SearchSummary
@@ -127,6 +128,8 @@ def search(
         study=study or out.name, storage=url, sampler=sampler, seed=seed, prune=prune, p_threshold=p_threshold,
         n_startup_steps=n_startup_steps, n_startup_trials=n_startup_trials, n_workers=n_workers, threads=threads,
         budget=Budget(n_trials, timeout, max_lm_calls), liveness=Liveness(interval_s=heartbeat))
+    if n_trials == 0:
+        require_finished_trials(url, settings.study)
     screening = _screening(score, screen, screen_trials, screen_questions, promote)
     # Piped (`| tee log`), a live view would stay blank until one final frame: log lines instead.
     live = not no_tui and console.is_terminal
@@ -151,6 +154,7 @@ def optimize(
     candidates: Annotated[int, typer.Option(help="Candidate programs (bootstrap-rs), instructions per round (copro), samples (simba).", rich_help_panel=_OPT)] = 4,
     steps: Annotated[int, typer.Option(help="Rounds (copro depth, simba steps).", rich_help_panel=_OPT)] = 2,
     max_metric_calls: Annotated[int | None, typer.Option(help="GEPA budget in metric calls (replaces --auto).", rich_help_panel=_OPT)] = None,
+    max_lm_calls: Annotated[int | None, typer.Option(min=1, help="LM calls of this run (compiling, the reflection model's, dev and test), checked before each call.", rich_help_panel=_BUDGET)] = None,
     reflection_model: Annotated[str | None, typer.Option(help="Model that writes instructions/reflects (MIPROv2, COPRO, SIMBA, GEPA); default: --model.", rich_help_panel=_OPT)] = None,
     reflection_api_base: Annotated[str | None, typer.Option(help="OpenAI-compatible server of --reflection-model.", rich_help_panel=_OPT)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the optimizers.", rich_help_panel=_OPT)] = 0,
@@ -189,10 +193,12 @@ def optimize(
                                  max_metric_calls=max_metric_calls, threads=threads, seed=seed)
     out = out or Path("runs") / f"optimize-{optimizer}"
     result = run_optimize(OptimizeConfig(
-        optimizer, formats, _splits(questions, fractions, split_seed), model, out, proposer, settings,
+        optimizer, formats, _splits(questions, fractions, split_seed), model, out, proposer, settings, max_lm_calls,
         dataset.source, filters, {"from_search": str(from_search or "")}, console))
     for name, run in result.test.items():
         console.print(f"{name}: test accuracy {run.accuracy:.1%} ({run.run_dir})", highlight=False)
+    if result.stopped:
+        console.print(f"[yellow]{result.stopped}[/]; what finished is saved", highlight=False)
     console.print(f"[green]wrote[/] {out} · {result.lm_calls:,} LM calls")
 
 
