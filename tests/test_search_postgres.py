@@ -65,12 +65,13 @@ while not (barrier / "go").exists():
     time.sleep(0.005)
 app(sys.argv[1:], prog_name="medjp")
 """
-#: Eight formats, the paper's two (harness) among them. Six evaluated trials: the paper's two and four of the other
-#: six formats, so at least two XML formats (the planted best template) are evaluated.
+#: Eight formats: the paper's two (the harness template renders no labels, so they are one format each) and six XML
+#: ones. Six evaluated trials: the paper's two and four of the other six, so at least four XML formats (the planted
+#: best template) are evaluated, and the sampler never has to find the last unseen format of the space.
 SPACE_YAML = """base: paper-instruction-in-header
 axes:
   template: [harness, xml]
-  labels: [latin, upper]
+  labels: [latin, upper, katakana]
   instruction_position: [header, preamble]
 """
 N_TRIALS = 6
