@@ -51,14 +51,16 @@ axes:
 N_TRIALS = 6
 
 
-def search_command(tmp_path: Path, storage: str, study: str = "kill") -> list[str]:
+def search_command(tmp_path: Path, storage: str, study: str = "kill", heartbeat: float = 0.5) -> list[str]:
+    """A trial silent for 3 x ``heartbeat`` counts as dead: short to find a killed one fast, long where processes run
+    side by side on a loaded machine and a live trial must never be taken for a dead one."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
     space = tmp_path / "space.yaml"
     space.write_text(SPACE_YAML, encoding="utf-8")
     return [sys.executable, str(driver), "search", "--out", str(tmp_path / "run"), "--study", study, "--storage",
             storage, "--space", str(space), "--n-trials", str(N_TRIALS), "--no-tui", "--no-final", "--heartbeat",
-            "0.5", "--threads", "1", "--limit", "20"]
+            str(heartbeat), "--threads", "1", "--limit", "20"]
 
 
 def env(delay: float) -> dict[str, str]:
@@ -123,7 +125,7 @@ def test_a_killed_search_resumes_without_losing_or_duplicating_trials(tmp_path):
 
 def test_two_processes_share_one_journal_study(tmp_path):
     storage = f"journal:{tmp_path / 'study.log'}"
-    command = search_command(tmp_path, storage, study="shared")
+    command = search_command(tmp_path, storage, study="shared", heartbeat=10.0)
     first = subprocess.Popen(command, env=env(0.01), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # the first creates the study; creating one concurrently could enqueue the references twice
     second = subprocess.Popen(command, env=env(0.01), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
