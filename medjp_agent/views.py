@@ -10,6 +10,7 @@ from rich.text import Text
 
 from medjp_agent.results import RunSummary
 from medjp_agent.scoring import QuestionResult
+from medjp_agent.scoring.aggregate import SIDE_COUNTS
 
 
 class _RateColumn(ProgressColumn):
@@ -58,14 +59,14 @@ def summary_table(summary: RunSummary, by: str = "year", title: str | None = Non
     """Accuracy, points, forbidden choices and parse failures per group, with an overall row; questions not run
     and answers cut off at the token limit get a column when there are any."""
     table = Table(title=title, show_footer=False)
-    extra = [key for key in ("missing", "not_run", "truncated") if summary.overall.get(key)]
+    extra = [(name, key) for name, key in SIDE_COUNTS if summary.overall.get(key)]
     for name, justify in ((by, "left"), ("n", "right"), ("accuracy", "right"), ("points", "right"),
-                          ("禁忌肢", "right"), ("parse fail", "right"), *((k.replace("_", " "), "right") for k in extra)):
+                          ("禁忌肢", "right"), ("parse fail", "right"), *((name, "right") for name, _ in extra)):
         table.add_column(name, justify=justify)
 
     def row(label: str, agg: dict, style: str | None = None) -> None:
         table.add_row(label, str(agg["n"]), f"{agg['accuracy']:.1%}", f"{agg['points']}/{agg['points_possible']}",
-                      str(agg["forbidden_picked"]), str(agg["parse_failures"]), *(str(agg.get(k, 0)) for k in extra),
+                      str(agg["forbidden_picked"]), str(agg["parse_failures"]), *(str(agg.get(key, 0)) for _, key in extra),
                       style=style)
 
     for key, agg in summary.groups.get(by, {}).items():

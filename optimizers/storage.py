@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from medjp_agent.errors import ConfigError
-from medjp_agent.redact import without_masked_password
+from medjp_agent.redact import redact_text, without_masked_password
 
 STUDY_DB = "study.db"
 JOURNAL_PREFIX = "journal:"
@@ -169,8 +169,6 @@ def require_finished_trials(url: str, study: str) -> None:
     """``--n-trials 0`` evaluates the best of an existing study on the test split: refuse, before any model loads, a
     study that has nothing finished to evaluate (a typo in --study, or a search that never ran)."""
     from optuna.trial import TrialState
-
-    from medjp_agent.redact import redact_text
 
     try:
         finished = optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from medjp_agent.naming import shown_value
+from medjp_agent.scoring.aggregate import SIDE_COUNTS
 
 from .build import Report
 from .compare import Comparison
@@ -134,11 +135,7 @@ def runs_table(report: Report) -> ReportTable:
     years = sorted({y for r in report.runs for y in r.years})
     # Identity columns no run fills (e.g. adapter and optimizer for scored predictions) would only take width.
     identity = [f for f in ("model", "adapter", "format", "optimizer") if any(getattr(r, f) for r in report.runs)]
-    # Counts apart from answers that did not parse, shown only when some run has them: questions a prediction file
-    # left unanswered, questions that could not be asked, answers cut off at the token limit.
-    extra = [(name, key) for name, key in (("no prediction", "missing"), ("not run", "not_run"),
-                                           ("truncated", "truncated"))
-             if any(getattr(r.overall, key) for r in report.runs)]
+    extra = [(name, key) for name, key in SIDE_COUNTS if any(getattr(r.overall, key) for r in report.runs)]
     columns = ("run", *identity, "n", "accuracy", "points", *years, "禁忌肢", "parse fail", *(n for n, _ in extra),
                "LM calls", "tokens", f"Δ vs {report.baseline} [CI]")
     rows, styles = [], []

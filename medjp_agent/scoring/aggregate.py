@@ -16,6 +16,11 @@ GroupBy = Literal["year", "section", "category", "qtype"]
 NO_PREDICTION = "no prediction for this question"
 
 
+#: Counts kept apart from answers that did not parse, as (column title, :class:`Aggregate` field): questions a
+#: prediction file left unanswered, questions that could not be asked, answers cut off at the token limit.
+SIDE_COUNTS = (("no prediction", "missing"), ("not run", "not_run"), ("truncated", "truncated"))
+
+
 @dataclass(frozen=True)
 class Aggregate:
     n: int
