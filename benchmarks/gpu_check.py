@@ -33,8 +33,10 @@ OOM_PROMPTS, OOM_WORDS, OOM_ROOM_ROWS, OOM_NEW = 32, 500, 4, 8
 
 
 class MemoryLimitedModel:
-    """The real model, except that ``generate`` raises ``torch.OutOfMemoryError`` (as CUDA does) for more than
-    ``max_rows`` sequences, or for rows wider than ``max_width`` tokens: out-of-memory on a CPU."""
+    """The real model, except that generating raises ``torch.OutOfMemoryError`` (as CUDA does) for more than
+    ``max_rows`` sequences, or for rows wider than ``max_width`` prompt tokens: out-of-memory on a CPU. Both ways of
+    generating are covered: the backend's decoding loop (a forward pass on its KV cache, which knows the batch's rows
+    and shared prefix) and ``generate``."""
 
     def __init__(self, model: Any, max_rows: int = 10**6, max_width: int = 10**6):
         self._model, self.max_rows, self.max_width = model, max_rows, max_width
@@ -44,16 +46,23 @@ class MemoryLimitedModel:
         return getattr(self._model, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from medjp_agent.lm.prefix import CACHE_ARG
+
+        ids, cache = kwargs["input_ids"], kwargs.get(CACHE_ARG)
+        layer = cache.layers[0] if cache is not None else None
+        self._check(getattr(layer, "rows", ids.shape[0]), getattr(layer, "shared", 0) + ids.shape[1])
         return self._model(*args, **kwargs)
 
     def generate(self, input_ids: Any, **kwargs: Any) -> Any:
+        self._check(input_ids.shape[0] * kwargs["generation_config"].num_return_sequences, input_ids.shape[1])
+        return self._model.generate(input_ids=input_ids, **kwargs)
+
+    def _check(self, rows: int, width: int) -> None:
         import torch
 
-        rows = input_ids.shape[0] * kwargs["generation_config"].num_return_sequences
-        if rows > self.max_rows or input_ids.shape[1] > self.max_width:
+        if rows > self.max_rows or width > self.max_width:
             self.ooms.append(rows)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return self._model.generate(input_ids=input_ids, **kwargs)
 
 
 def build(work: Path, size: str, device: str) -> dict[str, Any]:

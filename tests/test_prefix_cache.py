@@ -10,7 +10,7 @@ import pytest
 
 from medjp_agent.lm.hf import HFLM
 from medjp_agent.lm.options import LMOptions
-from medjp_agent.lm.prefix import MIN_PREFIX, PrefixCache, common_prefix_length, shared_layout
+from medjp_agent.lm.prefix import MIN_PREFIX, PrefixCache, common_prefix_length
 from test_lm_hf import ask_at_once, raw
 
 #: A few-shot prompt head (instruction + demos), then each question's own text of different lengths.
@@ -115,16 +115,11 @@ def test_the_cache_drops_the_least_recently_used_prefix_beyond_its_bound(loaded)
     assert cache.for_batch(loaded.model, "other", rows[:1]) is None
 
 
-def test_layout_keeps_every_suffix_at_its_own_positions():
+def test_common_prefix_leaves_every_row_a_token_of_its_own():
     rows = [[1, 2, 3, 4, 10, 11, 12], [1, 2, 3, 4, 20], [1, 2, 3, 4, 30, 31]]
     assert common_prefix_length(rows) == 4
-    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # every row keeps a token of its own
-    ids, mask = shared_layout(rows, 4, 0, "cpu")
-    assert ids.tolist() == [[1, 2, 3, 4, 10, 11, 12], [1, 2, 3, 4, 0, 0, 20], [1, 2, 3, 4, 0, 30, 31]]
-    positions = mask.cumsum(-1) - 1
-    for row, (r_ids, r_mask, r_pos) in zip(rows, zip(ids, mask, positions)):
-        kept = r_mask.bool()
-        assert r_ids[kept].tolist() == row and r_pos[kept].tolist() == list(range(len(row)))
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix_length([[7, 2], [1, 2]]) == 0
     assert MIN_PREFIX > 4  # so short accidental overlaps never cost a forward pass
 
 

@@ -1,8 +1,10 @@
 """Batched generation and continuation scoring on a loaded transformers model (the torch side of HFLM).
 
-Prompts arrive as token ids of different lengths. They are left padded for ``generate``: transformers derives
-each row's positions from the attention mask, so a padded row generates what it would alone (greedy outputs
-match unbatched ones). With a shared prefix (:mod:`.prefix`) the padding sits between prefix and suffix instead. Scoring runs a plain forward pass, which does not derive positions, so it passes them.
+Prompts arrive as token ids of different lengths. Decoder-only models decode in this package's own loop
+(:mod:`.decode`), which can start from a shared prefix's KV cache (:mod:`.prefix`); others, and models whose
+generation config asks for more than that loop does, go through ``model.generate``, left padded: transformers
+derives each row's positions from the attention mask, so a padded row generates what it would alone (greedy
+outputs match unbatched ones). Scoring runs a plain forward pass, which does not derive positions, so it passes them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 
 from .completions import Generation
 from .params import GenerationParams
-from .prefix import CACHE_ARG, PrefixKV, expanded_cache, shared_layout
+from .decode import decode, supports_fast_decoding
+from .prefix import PrefixKV
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,23 +59,24 @@ def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params: GenerationParams,
              prefix: PrefixKV | None = None) -> list[Generation]:
-    """One ``generate`` call for all ``prompts`` (``n`` sequences each); one :class:`Generation` per prompt.
+    """One batch for all ``prompts`` (``n`` sequences each); one :class:`Generation` per prompt.
 
-    With ``prefix`` (a KV cache of tokens every prompt starts with) only the prompts' suffixes are prefilled.
+    With ``prefix`` (a KV cache of tokens every prompt starts with; only where :func:`supports_fast_decoding`)
+    only the prompts' suffixes are prefilled.
     """
     start = time.perf_counter()
-    extra: dict[str, Any] = {}
-    if prefix is None:
-        ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
-    else:
-        ids, mask = shared_layout(prompts, len(prefix.ids), tokenizer.pad_token_id, model.device)
-        # generate repeats each prompt n times in place (num_return_sequences); the identical prefix rows need not.
-        extra[CACHE_ARG] = expanded_cache(model, prefix, len(prompts) * params.n)
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(model, params),
-                             tokenizer=tokenizer if params.stop else None, **extra)
-    new = out[:, ids.shape[1]:].tolist()
     ends = end_token_ids(model, tokenizer)
+    if supports_fast_decoding(model):
+        new = decode(model, prompts, params, tokenizer.pad_token_id, ends,
+                     stop_hit=_stop_finder(tokenizer, params.stop, ends), prefix=prefix)
+    elif prefix is not None:
+        raise ValueError("a shared prefix needs a model that supports_fast_decoding")
+    else:
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(model, params),
+                                 tokenizer=tokenizer if params.stop else None)
+        new = out[:, ids.shape[1]:].tolist()
     lengths = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in new]
     texts = tokenizer.batch_decode([row[:k] for row, k in zip(new, lengths)], skip_special_tokens=True)
     share = (time.perf_counter() - start) / len(prompts)
@@ -84,6 +88,19 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], param
                                   prompt_tokens=len(prompt), completion_tokens=sum(lengths[r] for r in rows),
                                   generation_s=share))
     return results
+
+
+def _stop_finder(tokenizer: Any, stop: Sequence[str], ends: set[int]) -> Any:
+    """``hit(tokens)``: whether a row's new tokens (up to its end token) contain one of ``stop``; None if no stops."""
+    if not stop:
+        return None
+
+    def hit(tokens: list[int]) -> bool:
+        end = next((i for i, t in enumerate(tokens) if t in ends), len(tokens))
+        text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    return hit
 
 
 def _cut_at_stop(text: str, stop: Sequence[str], ended: bool) -> tuple[str, str]:

@@ -6,7 +6,7 @@ its own cache, and a local model has no transient failures to retry. Unlike DSPy
 ``n`` whole, so the ``n`` samples of a self-consistency vote are generated in one batch.
 
 A call renders the messages (:mod:`.prompts`), looks the request up in the :class:`GenerationCache`, and
-otherwise queues it on the :class:`MicroBatcher`, whose worker runs batched ``generate`` calls. The
+otherwise queues it on the :class:`MicroBatcher`, whose worker generates batches (:mod:`.generation`). The
 :class:`MemoryPlanner` cuts each batch into chunks whose KV cache fits the device (and halves a chunk that still runs
 out of memory), and each chunk's shared prompt prefix is prefilled once (:class:`PrefixCache`). A prompt that
 cannot run (longer than the model's context, or out of memory even alone) fails with :class:`NotRun`.
@@ -28,6 +28,7 @@ from .adapters import active_adapter
 from .batcher import MicroBatcher, Request
 from .cache import GenerationCache, cache_key
 from .completions import Generation, openai_response
+from .decode import supports_fast_decoding
 from .errors import NotRun
 from .fingerprint import numerics_fingerprint
 from .generation import generate, score
@@ -35,7 +36,7 @@ from .loading import LoadedModel, load
 from .memory import MemoryPlanner, ModelShape, device_cap, free_device_cache, free_memory
 from .options import LMOptions
 from .params import GenerationParams
-from .prefix import PrefixCache, supports_prefix_sharing
+from .prefix import PrefixCache
 from .prompts import RenderedPrompt, prompt_ids, render_prompt
 
 #: Share of the memory budget the prefix KV cache may hold.
@@ -99,7 +100,7 @@ class HFLM(dspy.BaseLM):
         self._numerics = numerics_fingerprint(loaded.model)
         self.memory = self._planner(max_memory or {})
         share = int(self.memory.budget() * PREFIX_CACHE_SHARE)
-        self.prefixes = PrefixCache(share) if prefix_sharing and supports_prefix_sharing(loaded.model) else None
+        self.prefixes = PrefixCache(share) if prefix_sharing and supports_fast_decoding(loaded.model) else None
         self._model_lock = threading.Lock()
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
@@ -154,7 +155,7 @@ class HFLM(dspy.BaseLM):
 
     @property
     def generate_calls(self) -> int:
-        """How many times ``model.generate`` ran (a batch is one call)."""
+        """How many batches were generated (each one decoding pass over its sequences)."""
         return self.stats.generate_calls
 
     @property

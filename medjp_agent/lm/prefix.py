@@ -2,10 +2,9 @@
 
 Every question asked in one format starts with the same instruction and demonstrations (60-90 % of the tokens
 at 3-5 shots). For a batch, the rows' longest common token prefix is run through the model once, with batch size
-one; its KV cache is expanded over the batch, and ``generate`` prefills only each row's own suffix. The layout is
-``prefix | padding | suffix``: transformers derives position ids from the attention mask (its cumulative sum), so
-padding placed between the prefix and a suffix does not shift the suffix's positions, and each row computes what
-it would alone. With float32 compute the greedy tokens equal the plain left-padded path's; with bf16 they can
+one; the decoding loop (:mod:`.decode`) copies its KV cache into each row's and prefills only the rows' own
+suffixes, placed after the prefix with padding between. Positions count only real tokens, so each row computes
+what it would alone. With float32 compute the greedy tokens equal the plain left-padded path's; with bf16 they can
 differ, as batching's already do: the prefix is summed in another order, and bf16 rounding amplifies that.
 
 Consecutive batches of one format share the prefix, so prefixes are kept in a :class:`PrefixCache`, an LRU
@@ -13,8 +12,6 @@ bounded by bytes and keyed by the owner (model + numerics + adapter fingerprint:
 adapter) and the prefix tokens. A batch uses the longest cached prefix of its rows; it computes a new one only
 when none is cached and its rows share at least :data:`MIN_PREFIX` tokens. A lone request only reuses a cached
 prefix (computing one per question would fill the cache with prompts that never recur).
-
-Models with sliding-window attention are left to the plain path (their caches drop old positions).
 """
 
 from __future__ import annotations
@@ -59,13 +56,6 @@ class PrefixKV:
         return hashlib.sha256(str(self.ids).encode()).hexdigest()
 
 
-def supports_prefix_sharing(model: Any) -> bool:
-    config = model.config.get_text_config()
-    windowed = getattr(config, "sliding_window", None) or any(
-        "sliding" in str(t) for t in getattr(config, "layer_types", None) or ())
-    return not windowed and getattr(config, "is_encoder_decoder", False) is False
-
-
 def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """The longest common token prefix of ``rows``, leaving every row at least one token of its own."""
     first = rows[0]
@@ -82,33 +72,6 @@ def compute_prefix(model: Any, ids: Sequence[int]) -> PrefixKV:
         out = model(input_ids=torch.tensor([list(ids)], device=model.device), use_cache=True, logits_to_keep=1)
     cache = getattr(out, CACHE_ARG)
     return PrefixKV(ids=tuple(ids), layers=tuple((layer.keys, layer.values) for layer in cache.layers))
-
-
-def shared_layout(rows: Sequence[Sequence[int]], prefix_len: int, pad_id: int,
-                  device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``: the shared prefix, then padding, then each row's suffix right-aligned."""
-    suffixes = [list(r[prefix_len:]) for r in rows]
-    width = prefix_len + max(len(s) for s in suffixes)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    ids[:, :prefix_len] = torch.tensor(list(rows[0][:prefix_len]), dtype=torch.long)
-    mask[:, :prefix_len] = 1
-    for i, suffix in enumerate(suffixes):
-        ids[i, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
-        mask[i, width - len(suffix):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def expanded_cache(model: Any, prefix: PrefixKV, rows: int) -> Any:
-    """A fresh ``DynamicCache`` holding the prefix for ``rows`` sequences.
-
-    The expansion is a view: the first cache update concatenates onto it, so the stored prefix is never written
-    and the batch's own copy is the size the plain path's KV cache has for the same tokens.
-    """
-    from transformers import DynamicCache
-
-    data = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.layers]
-    return DynamicCache(ddp_cache_data=data, config=model.config)
 
 
 class PrefixCache:

@@ -1,0 +1,249 @@
+"""A batched decoding loop for decoder-only models: what ``model.generate`` does for this backend's requests, faster.
+
+``generate`` pays, at every step, for a KV cache that grows by concatenation (each layer's keys and values are
+copied whole, so a step costs in proportion to everything cached), for rebuilding masks and positions, and for
+its general machinery. Here the KV cache of a batch is allocated once, prompt plus new tokens, and each step
+writes one column into it; masks and positions are built once and sliced. Measured on the benchmark's tiny Llama
+(16 five-shot prompts, 333 shared tokens, 32 new): 0.69 s with ``generate`` against 0.47 s here, same tokens.
+
+The layout is that of :mod:`.prefix`: an optional shared prefix, then each row's own tokens right-aligned, padding
+between. Positions count only real tokens, so a padded row computes what it would alone; with float32 compute the
+greedy tokens equal ``generate``'s (tested against it). Decoding covers greedy and sampling (temperature, then
+top-p), ``min_new_tokens``, end-of-sequence ids and stop strings; a model whose own generation config asks for
+more (a repetition penalty, beams, banned words, ...) is left to ``generate`` (:func:`supports_fast_decoding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .params import GenerationParams
+from .prefix import CACHE_ARG, PrefixKV
+
+#: Generation-config fields this loop implements, or that do not change decoding; the request sets the
+#: sampling ones, so a model's defaults for them (temperature 0.6, top_p 0.9, ...) do not matter.
+_HANDLED = {"max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k",
+            "top_p", "num_return_sequences", "stop_strings", "eos_token_id", "pad_token_id", "bos_token_id",
+            "decoder_start_token_id", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
+            "output_logits", "return_dict_in_generate", "_from_model_config", "transformers_version",
+            "cache_implementation", "generation_kwargs"}
+
+
+def supports_fast_decoding(model: Any) -> bool:
+    """Whether this loop can generate for ``model``: a decoder-only model whose caches keep every position (sliding
+    windows drop old ones) and whose own generation config asks only for what the loop does."""
+    from transformers import GenerationConfig
+
+    config = model.config.get_text_config()
+    windowed = getattr(config, "sliding_window", None) or any(
+        "sliding" in str(t) for t in getattr(config, "layer_types", None) or ())
+    if windowed or getattr(config, "is_encoder_decoder", False):
+        return False
+    default = GenerationConfig().to_dict()
+    return all(key in _HANDLED or default.get(key) == value for key, value in model.generation_config.to_dict().items())
+
+
+#: What a forward pass costs beyond its tokens, in tokens: prefill groups (:func:`prefill_groups`) split only
+#: where that saves more padding than this. A pass reads every weight once; on a GPU that takes as long as
+#: computing a few hundred tokens, on a CPU a few dozen. Tuning within that range changes little.
+PASS_COST_TOKENS = 64
+
+
+def prefill_groups(lengths: Sequence[int], pass_cost: int = PASS_COST_TOKENS) -> list[tuple[int, int]]:
+    """``[(start, end), ...]``: consecutive groups of ``lengths`` (ascending) to prefill in one pass each, padded to
+    their longest; the split minimises padded tokens plus ``pass_cost`` per pass (dynamic programming)."""
+    cost, cut = [0] + [0] * len(lengths), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        cost[end], cut[end] = min((cost[start] + (end - start) * lengths[end - 1] + pass_cost, start)
+                                  for start in range(end))
+    groups, end = [], len(lengths)
+    while end:
+        groups.append((cut[end], end))
+        end = cut[end]
+    return groups[::-1]
+
+
+class _BufferLayer(DynamicLayer):
+    """One layer's KV cache for a batch: the shared prefix once (batch size one, never copied per row), and each
+    row's own and new tokens in a buffer allocated at the first write, ``[rows, heads, width + new, dim]``.
+
+    The buffer starts zeroed: padding columns that no pass writes are masked, and a masked softmax weight (0) times
+    uninitialised memory (possibly NaN) would still be NaN. :meth:`aim` says where the next write goes.
+    """
+
+    def __init__(self, rows: int, capacity: int, prefix: tuple[torch.Tensor, torch.Tensor] | None):
+        super().__init__()
+        self.rows, self.capacity, self.prefix = rows, capacity, prefix
+        self.shared = 0 if prefix is None else prefix[0].shape[-2]
+        self.aim(slice(None), 0, copies=1, prefill=False)
+
+    def aim(self, rows: slice, start: int, copies: int, prefill: bool) -> None:
+        """The next update writes ``rows`` (each input row ``copies`` times) from column ``start``. A prefill update
+        returns the prefix and the new keys, for attention within the pass; a decoding update returns the rows'
+        own columns so far, which attention reads with the prefix (:func:`_attention`)."""
+        self.target, self.start, self.copies, self.prefill = rows, start, copies, prefill
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self._keys = key_states.new_zeros((self.rows, key_states.shape[1], self.capacity, key_states.shape[3]))
+        self._values = value_states.new_zeros((self.rows, value_states.shape[1], self.capacity, value_states.shape[3]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.end = self.start + key_states.shape[-2]
+        for buffer, new in ((self._keys, key_states), (self._values, value_states)):
+            buffer[self.target, :, self.start:self.end] = new.repeat_interleave(self.copies, dim=0)
+        if not self.prefill:
+            return self._keys[:, :, :self.end], self._values[:, :, :self.end]
+        if self.prefix is None:
+            return key_states, value_states
+        rows = key_states.shape[0]
+        return tuple(torch.cat([p.expand(rows, -1, -1, -1), new], dim=-2)  # type: ignore[return-value]
+                     for p, new in zip(self.prefix, (key_states, value_states)))
+
+    def get_seq_length(self) -> int:
+        return self.shared + getattr(self, "end", 0)
+
+
+#: The attention implementation the loop runs the model with (:func:`_attention`), registered with transformers.
+ATTENTION = "medjp_shared_prefix"
+
+
+def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+               shared_prefix: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+               **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """SDPA, except for decoding after a shared prefix, where every row's queries meet the prefix's keys in one
+    matrix product per KV head (the prefix is read once per step, not once per row: most of a step's attention
+    memory traffic at a few shots). ``key``/``value`` then hold the rows' own tokens; the softmax runs in float32
+    over prefix and own keys together."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if shared_prefix is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    prefix_keys, prefix_values = shared_prefix[module.layer_idx]
+    rows, heads, length, dim = query.shape
+    kv_heads, p = key.shape[1], prefix_keys.shape[-2]
+    group = heads // kv_heads  # query head h reads KV head h // group
+    scale = dim ** -0.5 if scaling is None else scaling
+    q = query.reshape(rows, kv_heads, group * length, dim)
+    by_head = q.transpose(0, 1).reshape(kv_heads, rows * group * length, dim)
+    prefix_scores = (by_head @ prefix_keys[0].transpose(-1, -2)).reshape(kv_heads, rows, group * length, p)
+    own_scores = (q @ key.transpose(-1, -2)).reshape(rows, kv_heads, group, length, -1)
+    if attention_mask is not None:
+        own_scores = own_scores.masked_fill(~attention_mask[:, :, None], float("-inf"))
+    scores = torch.cat([prefix_scores.transpose(0, 1), own_scores.reshape(rows, kv_heads, group * length, -1)], -1)
+    probs = (scores.float() * scale).softmax(-1).to(query.dtype)
+    from_prefix = probs[..., :p].transpose(0, 1).reshape(kv_heads, rows * group * length, p) @ prefix_values[0]
+    out = from_prefix.reshape(kv_heads, rows, group * length, dim).transpose(0, 1) + probs[..., p:] @ value
+    return out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, _attention)
+
+
+def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParams, pad_id: int,
+           end_ids: set[int], stop_hit: Any = None, prefix: PrefixKV | None = None) -> list[list[int]]:
+    """The new tokens of every row (prompt ``p``'s ``n`` rows are ``p * n ...``), ``pad_id`` after a row ends.
+
+    ``prefix``: a KV cache of tokens every prompt starts with; only the rest of each prompt is prefilled, once per
+    prompt however many samples it asks for. ``stop_hit(tokens) -> bool`` ends a row whose new tokens contain a
+    stop string.
+    """
+    shared, n, new = 0 if prefix is None else len(prefix.ids), params.n, params.max_new_tokens
+    # Rows by suffix length, so prefill groups pad little; their results go back to prompt order at the end.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    suffixes = [list(prompts[i][shared:]) for i in order]
+    lengths = [len(s) for s in suffixes]
+    width, count, device = lengths[-1], len(prompts) * n, model.device
+    # Key columns a row attends to besides the prefix: its own tokens (right-aligned in ``width``), then the new ones.
+    real = torch.ones((count, width + new), dtype=torch.bool)
+    for i, length in enumerate(lengths):
+        real[i * n:(i + 1) * n, :width - length] = False
+    config = model.config.get_text_config()
+    layers = [_BufferLayer(count, width + new, None if prefix is None else prefix.layers[i])
+              for i in range(config.num_hidden_layers)]
+    cache = Cache(layers=layers)
+    ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device)
+    done = torch.zeros(count, dtype=torch.bool, device=device)
+    out: list[torch.Tensor] = []
+    _register_attention()
+    before, config._attn_implementation = config._attn_implementation, ATTENTION
+    try:
+        with torch.inference_mode():
+            logits = torch.cat([_prefill(model, cache, suffixes[a:b], real[a * n:b * n:n, :width], shared, pad_id,
+                                         slice(a * n, b * n), n) for a, b in prefill_groups(lengths)])
+            positions = torch.tensor([shared + length for length in lengths], device=device).repeat_interleave(n)
+            real = real[:, None, None, :].to(device)
+            for step in range(new):
+                if step:
+                    for layer in layers:
+                        layer.aim(slice(None), width + step - 1, copies=1, prefill=False)
+                    logits = model(input_ids=token[:, None], attention_mask=real[..., :width + step],
+                                   position_ids=positions[:, None] + step - 1, shared_prefix=prefix and prefix.layers,
+                                   logits_to_keep=1, **{CACHE_ARG: cache}).logits[:, -1].float()
+                if step < params.min_new_tokens:
+                    logits[:, ends] = float("-inf")
+                token = _pick(logits, params).masked_fill(done, pad_id)
+                out.append(token)
+                done |= torch.isin(token, ends)
+                if stop_hit is not None:
+                    tokens = torch.stack(out, 1).tolist()
+                    done |= torch.tensor([not d and stop_hit(t) for d, t in zip(done.tolist(), tokens)],
+                                         device=device)
+                if bool(done.all()):
+                    break
+    finally:
+        config._attn_implementation = before
+    generated = torch.stack(out, 1).tolist()
+    results: list[list[int]] = [[] for _ in range(count)]
+    for i, prompt in enumerate(order):
+        results[prompt * n:(prompt + 1) * n] = generated[i * n:(i + 1) * n]
+    return results
+
+
+def _prefill(model: Any, cache: Cache, suffixes: list[list[int]], real: torch.Tensor, shared: int, pad_id: int,
+             rows: slice, copies: int) -> torch.Tensor:
+    """Prefill one group of suffixes (right-aligned, padded to the group's longest) into ``rows`` of the cache;
+    returns the logits of each row's first new token, ``copies`` per suffix.
+
+    Causal over a row's real tokens, after the whole prefix; a padding query sees itself, so no row of the softmax
+    is empty (an empty one is NaN, which the padding's values would carry into real rows).
+    """
+    device, group, width = model.device, len(suffixes), max(len(s) for s in suffixes)
+    start = real.shape[1] - width
+    real = real[:, start:]
+    ids = torch.full((group, width), pad_id, dtype=torch.long)
+    for i, suffix in enumerate(suffixes):
+        ids[i, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
+    positions = shared + (real.long().cumsum(-1) - 1).clamp(min=0)
+    own = (torch.ones((width, width), dtype=torch.bool).tril() & real[:, None, :]) | torch.eye(width, dtype=torch.bool)
+    mask = torch.cat([torch.ones((group, width, shared), dtype=torch.bool), own], dim=-1)[:, None]
+    for layer in cache.layers:
+        layer.aim(rows, start, copies, prefill=True)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                   logits_to_keep=1, **{CACHE_ARG: cache}).logits[:, -1].float()
+    return logits.repeat_interleave(copies, dim=0)
+
+
+def _pick(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+    if not params.sampling:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        # Nucleus: keep the most likely tokens until their mass reaches top_p (always at least the first).
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1)[:, 0]
