@@ -175,3 +175,29 @@ def test_prefill_groups_split_only_where_padding_costs_more_than_a_pass():
     groups = prefill_groups(list(range(1, 200, 7)), pass_cost=16)
     assert groups[0][0] == 0 and groups[-1][1] == len(range(1, 200, 7))
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:])) and len(groups) > 2
+
+
+@pytest.mark.parametrize(("all_threads_s", "one_thread_s", "kept"), [(0.010, 0.005, 1), (0.005, 0.010, 2)])
+def test_decoding_steps_keep_the_thread_count_their_first_steps_ran_faster_on(
+        monkeypatch: pytest.MonkeyPatch, all_threads_s: float, one_thread_s: float, kept: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    now = {"t": 0.0}
+
+    def perf_counter() -> float:
+        return now["t"]
+
+    monkeypatch.setattr(decode_module.time, "perf_counter", perf_counter)
+    try:
+        threads = decode_module._StepThreads("cpu")
+        seen = []
+        for step in range(1, 8):
+            with threads.step(step):
+                seen.append(torch.get_num_threads())
+                now["t"] += one_thread_s if torch.get_num_threads() == 1 else all_threads_s
+        assert seen == [2, 2, 1, 1, kept, kept, kept]
+        threads.restore()
+        assert torch.get_num_threads() == 2
+        assert not decode_module._StepThreads("cuda").active  # a GPU's steps are left alone
+    finally:
+        torch.set_num_threads(before)

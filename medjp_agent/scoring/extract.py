@@ -139,7 +139,11 @@ class _Reader:
             return Extraction(tuple(sorted({LABELS[self.choices.index(p)] for p in pieces})), method="choice-text")
         if not fuzzy or "\n" in cleaned or not cleaned:
             return None
-        ratios = [difflib.SequenceMatcher(None, cleaned, c).ratio() for c in self.choices]
+        # The quick upper bounds skip most full comparisons: a choice whose bound is under the threshold can be
+        # neither the answer nor tied with it (a third of a cached run's time went here).
+        matchers = [difflib.SequenceMatcher(None, cleaned, c) for c in self.choices]
+        ratios = [m.ratio() if m.real_quick_ratio() >= self.threshold and m.quick_ratio() >= self.threshold else 0.0
+                  for m in matchers]
         best = max(range(len(self.choices)), key=ratios.__getitem__)
         if ratios[best] >= self.threshold and ratios.count(ratios[best]) == 1:
             return Extraction((LABELS[best],), method="choice-text-fuzzy")
