@@ -12,9 +12,9 @@ loop through DSPy's async path (``acall``): then ``threads`` bounds the requests
 hundreds can be in flight to a vLLM cluster. Both ways share the scheduling and the scoring; only how the program
 is called differs.
 
-LM calls are counted with a DSPy callback (its public ``BaseCallback`` seam, which DSPy also runs around ``acall``),
-so a result's ``lm_calls`` holds every call made while answering it, Medprompt's one-off self-generated chains of
-thought included.
+LM calls are counted with a DSPy callback (its public ``BaseCallback`` seam, which DSPy also runs around ``acall``)
+attached to the LMs a question is asked with, so a result's ``lm_calls`` holds every call made while answering it,
+Medprompt's one-off self-generated chains of thought included.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -55,25 +55,60 @@ class Observer(Protocol):
 
 
 class CallMeter(BaseCallback):
-    """Counts successful LM calls (retried failures are not calls); thread-safe, shareable between questions."""
+    """Counts successful LM calls (retried failures are not calls); thread-safe, shareable between questions.
+
+    :func:`counting_calls` makes it count; it is also a DSPy callback, for ``dspy.context(callbacks=[meter])``.
+    """
 
     def __init__(self, on_call: Callable[[], Any] | None = None):
         self.calls = 0
         self._lock = threading.Lock()
         self._on_call = on_call
 
+    def count(self) -> None:
+        with self._lock:
+            self.calls += 1
+        if self._on_call:
+            self._on_call()
+
     def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
         if exception is None:
-            with self._lock:
-                self.calls += 1
-            if self._on_call:
-                self._on_call()
+            self.count()
+
+
+#: The ``dspy.context`` key holding the meters that count the calls made within it.
+_METERS = "medjp_call_meters"
+
+
+class _MeterDispatch(BaseCallback):
+    """Attached to an LM (an instance callback): adds each of its successful calls to the meters of the
+    ``dspy.context`` the call runs in.
+
+    A global DSPy callback would count the same calls, but while one is set DSPy inspects the arguments of every
+    module, adapter and LM call it wraps: a third of a cached evaluation's time (64 questions, 16 threads: 0.088 s
+    against 0.056 s). An instance callback costs only the LM's own calls, and DSPy's copies of an LM keep it.
+    """
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+        if exception is None:
+            for meter in dspy.settings.get(_METERS) or ():
+                meter.count()
+
+
+_DISPATCH = _MeterDispatch()
 
 
 @contextmanager
-def counting_calls(*meters: CallMeter) -> Iterator[None]:
-    """Count every LM call made in this thread (and in DSPy's own worker threads) by ``meters``."""
-    with dspy.context(callbacks=[*(dspy.settings.callbacks or []), *meters]):
+def counting_calls(*meters: CallMeter, lms: Iterable[Any] = ()) -> Iterator[None]:
+    """Count by ``meters`` every call of ``lms`` (and of DSPy's copies of them) made within, in this thread and in
+    DSPy's own worker threads; a meter that an enclosing context already counts with is not counted twice."""
+    for lm in lms:
+        callbacks = getattr(lm, "callbacks", None)
+        if callbacks is not None and not any(isinstance(c, _MeterDispatch) for c in callbacks):
+            callbacks.append(_DISPATCH)
+    current = tuple(dspy.settings.get(_METERS) or ())
+    added = tuple(m for m in dict.fromkeys(meters) if all(m is not c for c in current))
+    with dspy.context(**{_METERS: current + added}):
         yield
 
 
@@ -86,12 +121,14 @@ class _Asked:
 
 
 @contextmanager
-def _asking(lm: dspy.BaseLM | None, meter: CallMeter | None) -> Iterator[_Asked]:
+def _asking(program: dspy.Module, lm: dspy.BaseLM | None, meter: CallMeter | None) -> Iterator[_Asked]:
     """Around one question's program call, sync or awaited: its LM, usage tracking, call meters and clock."""
     asked = _Asked(CallMeter())
     start = time.perf_counter()
-    with dspy.context(lm=lm or dspy.settings.lm, track_usage=True), \
-            counting_calls(asked.meter, *([meter] if meter else [])):
+    lm = lm or dspy.settings.lm
+    lms = [lm, *(p.lm for p in program.predictors() if p.lm is not None)]
+    with dspy.context(lm=lm, track_usage=True), \
+            counting_calls(asked.meter, *([meter] if meter else []), lms=lms):
         yield asked
     asked.elapsed_s = time.perf_counter() - start
 
@@ -99,7 +136,7 @@ def _asking(lm: dspy.BaseLM | None, meter: CallMeter | None) -> Iterator[_Asked]
 def answer_question(program: dspy.Module, question: Question, lm: dspy.BaseLM | None = None,
                     meter: CallMeter | None = None) -> QuestionResult:
     """Ask one question and score it (:func:`scored`); a failed parse is scored wrong with its reason."""
-    with _asking(lm, meter) as asked:
+    with _asking(program, lm, meter) as asked:
         pred = program(question=question.text, choices=list(question.choices))
     return scored(question, pred, asked.elapsed_s, asked.meter.calls)
 
@@ -107,7 +144,7 @@ def answer_question(program: dspy.Module, question: Question, lm: dspy.BaseLM | 
 async def aanswer_question(program: dspy.Module, question: Question, lm: dspy.BaseLM | None = None,
                            meter: CallMeter | None = None) -> QuestionResult:
     """:func:`answer_question` through the program's async path (``acall``), from an event loop."""
-    with _asking(lm, meter) as asked:
+    with _asking(program, lm, meter) as asked:
         pred = await program.acall(question=question.text, choices=list(question.choices))
     return scored(question, pred, asked.elapsed_s, asked.meter.calls)
 

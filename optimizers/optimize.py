@@ -125,7 +125,7 @@ def run_optimize(config: OptimizeConfig) -> OptimizeResult:
                                      proposer=BudgetLM(config.proposer, allowance) if config.proposer else None)
     done = _Done()
     try:
-        with counting_calls(meter):
+        with counting_calls(meter, lms=[lm for lm in (config.lm, config.proposer) if lm is not None]):
             _optimize(config, done, allowance, meter)
     except LMBudgetSpent as e:
         done.stopped = str(e)

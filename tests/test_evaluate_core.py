@@ -14,7 +14,7 @@ import medjp_agent.lm as backends
 from medjp_agent.cli import app
 from medjp_agent.data import DataError, load_dataset
 from medjp_agent.errors import ConfigError, LMError, MedjpError, RunInterrupted
-from medjp_agent.evaluate import CallMeter, answer_question, evaluate
+from medjp_agent.evaluate import CallMeter, answer_question, counting_calls, evaluate
 from medjp_agent.lm.scripted import ScriptedLM
 from medjp_agent.optimizers import StudyMismatch
 from medjp_agent.optimizers.storage import StorageError
@@ -130,6 +130,26 @@ def test_lm_calls_count_medprompts_preparation():
     meter = CallMeter()
     first = answer_question(MedicalQA(fmt, demo_pool=pool), QUESTIONS[3], lm, meter)
     assert first.lm_calls == len(lm.calls) == meter.calls == 3  # two preparation calls, then the question
+
+
+def test_calls_are_counted_once_per_meter_without_a_global_callback():
+    seen_callbacks = []
+
+    def reply(prompt: str, kwargs: dict) -> str:
+        seen_callbacks.append(list(dspy.settings.get("callbacks") or []))
+        return "答え：a"
+
+    lm, meter = ScriptedLM(reply), CallMeter()
+    # The budget meter is already counting around the evaluation and is passed to it too: each call counts once.
+    with counting_calls(meter, lms=[lm]):
+        results = evaluate(MedicalQA(DIRECT), QUESTIONS, lm, threads=3, meter=meter)
+        lm(messages=[{"role": "user", "content": "outside any question"}])
+    assert meter.calls == len(lm.calls) == len(QUESTIONS) + 1
+    assert [r.lm_calls for r in results] == [1] * len(QUESTIONS)
+    # No global DSPy callback while asking: with one, DSPy inspects every module and adapter call's arguments.
+    assert seen_callbacks == [[]] * (len(QUESTIONS) + 1)
+    lm(messages=[{"role": "user", "content": "after"}])
+    assert meter.calls == len(QUESTIONS) + 1  # outside the context nothing counts
 
 
 def test_errors_have_one_family():
