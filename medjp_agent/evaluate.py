@@ -274,6 +274,8 @@ class _Run:
 #: Thread pools of finished evaluations, for the next ones to reuse: a search runs hundreds, and starting 16 threads
 #: while the first questions hold the GIL took ~15 ms, a sixth of a cached 64-question evaluation.
 _idle_pools: list[tuple[int, ThreadPoolExecutor]] = []
+#: As many as evaluations run at once in one process, usually one; the largest are kept.
+_MAX_IDLE_POOLS = 4
 _pools_lock = threading.Lock()
 
 
@@ -281,7 +283,7 @@ _pools_lock = threading.Lock()
 def _thread_pool(width: int) -> Iterator[ThreadPoolExecutor]:
     """A pool of at least ``width`` threads, an idle one if any; given back for reuse unless the caller raised."""
     with _pools_lock:
-        found = next((entry for entry in _idle_pools if entry[0] >= width), None)
+        found = min((entry for entry in _idle_pools if entry[0] >= width), key=lambda entry: entry[0], default=None)
         if found is not None:
             _idle_pools.remove(found)
     size, pool = found or (width, ThreadPoolExecutor(max_workers=width, thread_name_prefix="medjp-eval"))
@@ -292,6 +294,11 @@ def _thread_pool(width: int) -> Iterator[ThreadPoolExecutor]:
         raise
     with _pools_lock:
         _idle_pools.append((size, pool))
+        _idle_pools.sort(key=lambda entry: entry[0], reverse=True)
+        surplus = _idle_pools[_MAX_IDLE_POOLS:]
+        del _idle_pools[_MAX_IDLE_POOLS:]
+    for _, extra in surplus:
+        extra.shutdown(wait=False)
 
 
 def _evaluate_threads(run: _Run, program: dspy.Module, lm: dspy.BaseLM, meter: CallMeter | None) -> None:

@@ -152,6 +152,19 @@ def test_calls_are_counted_once_per_meter_without_a_global_callback():
     assert meter.calls == len(QUESTIONS) + 1  # outside the context nothing counts
 
 
+def test_a_finished_evaluations_threads_serve_the_next_one():
+    import threading
+
+    def pool_threads() -> set[int]:
+        return {t.ident for t in threading.enumerate() if t.name.startswith("medjp-eval")}
+
+    first = evaluate(MedicalQA(DIRECT), QUESTIONS, ScriptedLM("答え：a"), threads=3)
+    before = pool_threads()
+    second = evaluate(MedicalQA(DIRECT), QUESTIONS, ScriptedLM("答え：a"), threads=3)
+    assert before and pool_threads() == before  # no thread started for the second evaluation
+    assert sorted(r.id for r in first) == sorted(r.id for r in second)
+
+
 def test_errors_have_one_family():
     for error in (DataError, RunMismatch, StudyMismatch, StorageError, ConfigError, LMError, RunInterrupted):
         assert issubclass(error, MedjpError)
