@@ -85,6 +85,7 @@ class _BufferLayer(DynamicLayer):
         super().__init__()
         self.rows, self.capacity, self.prefix = rows, capacity, prefix
         self.shared = 0 if prefix is None else prefix[0].shape[-2]
+        self.end = 0  # columns written so far
         self.aim(slice(None), 0, copies=1, prefill=False)
 
     def aim(self, rows: slice, start: int, copies: int, prefill: bool) -> None:
@@ -105,7 +106,8 @@ class _BufferLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         self.end = self.start + key_states.shape[-2]
         for buffer, new in ((self._keys, key_states), (self._values, value_states)):
-            buffer[self.target, :, self.start:self.end] = new.repeat_interleave(self.copies, dim=0)
+            buffer[self.target, :, self.start:self.end] = new if self.copies == 1 else new.repeat_interleave(
+                self.copies, dim=0)
         if not self.prefill:
             return self._keys[:, :, :self.end], self._values[:, :, :self.end]
         if self.prefix is None:
@@ -115,7 +117,7 @@ class _BufferLayer(DynamicLayer):
                      for p, new in zip(self.prefix, (key_states, value_states)))
 
     def get_seq_length(self) -> int:
-        return self.shared + getattr(self, "end", 0)
+        return self.shared + self.end
 
 
 #: The attention implementation the loop runs the model with (:func:`_attention`), registered with transformers.
