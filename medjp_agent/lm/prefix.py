@@ -2,10 +2,10 @@
 
 Every question asked in one format starts with the same instruction and demonstrations (60-90 % of the tokens
 at 3-5 shots). For a batch, the rows' longest common token prefix is run through the model once, with batch size
-one; the decoding loop (:mod:`.decode`) copies its KV cache into each row's and prefills only the rows' own
-suffixes, placed after the prefix with padding between. Positions count only real tokens, so each row computes
-what it would alone. With float32 compute the greedy tokens equal the plain left-padded path's; with bf16 they can
-differ, as batching's already do: the prefix is summed in another order, and bf16 rounding amplifies that.
+one; the decoding loop (:mod:`.decode`) keeps that KV cache once for all rows (never copied per row) and prefills
+only the rows' own suffixes after it. Positions count only real tokens, so each row computes what it would alone.
+With float32 compute the greedy tokens equal ``generate``'s on the whole prompts; with bf16 they can differ, as
+batching's already do: the prefix is summed in another order, and bf16 rounding amplifies that.
 
 Consecutive batches of one format share the prefix, so prefixes are kept in a :class:`PrefixCache`, an LRU
 bounded by bytes and keyed by the owner (model + numerics + adapter fingerprint: a prefix's KV belongs to one
