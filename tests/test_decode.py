@@ -157,15 +157,20 @@ def test_what_the_loop_does_not_do_goes_to_generate(loaded):
         texts = [g.texts[0] for g in generation.generate(model, loaded.tokenizer, rows, params)]
         assert texts == loaded.tokenizer.batch_decode(reference(model, loaded.tokenizer, rows, params),
                                                       skip_special_tokens=True)
-        with pytest.raises(ValueError, match="shared prefix"):
-            generation.generate(model, loaded.tokenizer, rows, params, prefix=compute_prefix(model, rows[0][:20]))
+        # A prefix computed for the loop is no use to generate, which prefills whole prompts: same answers.
+        with_prefix = generation.generate(model, loaded.tokenizer, rows, params, prefix=compute_prefix(model, rows[0][:20]))
+        assert [g.texts[0] for g in with_prefix] == texts
     finally:
         model.generation_config.repetition_penalty = 1.0
-    model.config.sliding_window = 64
-    try:
-        assert not supports_fast_decoding(model)
-    finally:
-        model.config.sliding_window = None
+    model.generation_config.update(num_beams=1, no_repeat_ngram_size=0, suppress_tokens=[])  # spelled-out no-ops
+    assert supports_fast_decoding(model)
+    for setting, value, off in (("sliding_window", 64, None), ("attn_logit_softcapping", 30.0, None)):
+        setattr(model.config, setting, value)
+        try:
+            assert not supports_fast_decoding(model)
+        finally:
+            setattr(model.config, setting, off)
+    assert supports_fast_decoding(model)
 
 
 def test_prefill_groups_split_only_where_padding_costs_more_than_a_pass():
@@ -201,3 +206,26 @@ def test_decoding_steps_keep_the_thread_count_their_first_steps_ran_faster_on(
         assert not decode_module._StepThreads("cuda").active  # a GPU's steps are left alone
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_model_whose_attention_skips_the_interface_falls_back_to_generate(loaded, monkeypatch: pytest.MonkeyPatch):
+    """Custom modelling code that calls its attention directly would never see the prefix: caught at the first
+    prefill, before any token, and that model is generated with ``generate`` from then on."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama import modeling_llama
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = token_rows(tokenizer)[:3]
+    params = GenerationParams(max_new_tokens=8)
+    expected = [g.texts for g in generation.generate(model, tokenizer, rows, params)]
+    monkeypatch.setattr(modeling_llama.ALL_ATTENTION_FUNCTIONS, "get_interface",
+                        lambda name, default: sdpa_attention_forward)
+    try:
+        prefix = compute_prefix(model, rows[0][:common_prefix_length(rows)])
+        with pytest.raises(decode_module.UnroutedAttention):
+            ours(model, tokenizer, rows, params, shared=True)
+        assert not supports_fast_decoding(model)
+        assert [g.texts for g in generation.generate(model, tokenizer, rows, params, prefix=prefix)] == expected
+        assert model.config._attn_implementation == "sdpa"
+    finally:
+        decode_module._UNROUTED.discard(model)

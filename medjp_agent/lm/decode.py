@@ -20,6 +20,7 @@ during the loop (SDPA for prefills), whatever implementation it was loaded with.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -37,20 +38,40 @@ _HANDLED = {"max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_
             "decoder_start_token_id", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
             "output_logits", "return_dict_in_generate", "_from_model_config", "transformers_version",
             "cache_implementation", "generation_kwargs"}
+#: Values of other fields that change nothing (transformers' own defaults are unset, None): a model's config may
+#: spell out ``repetition_penalty: 1.0`` or ``num_beams: 1``.
+_NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "num_beams": 1, "num_beam_groups": 1,
+            "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "length_penalty": 1.0,
+            "diversity_penalty": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": 0.0,
+            "guidance_scale": 1.0, "early_stopping": False, "renormalize_logits": False,
+            "remove_invalid_values": False, "token_healing": False, "low_memory": False}
+
+
+#: Models whose attention was found not to go through transformers' ``AttentionInterface`` (custom modelling
+#: code): this loop cannot give them the shared prefix, so they are left to ``generate``.
+_UNROUTED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class UnroutedAttention(RuntimeError):
+    """The model did not call this loop's attention function (nothing was generated yet)."""
 
 
 def supports_fast_decoding(model: Any) -> bool:
     """Whether this loop can generate for ``model``: a decoder-only model whose caches keep every position (sliding
-    windows drop old ones) and whose own generation config asks only for what the loop does."""
+    windows drop old ones), with plain softmax attention (no logit soft-capping) routed through transformers'
+    ``AttentionInterface``, and whose own generation config asks only for what the loop does."""
     from transformers import GenerationConfig
 
     config = model.config.get_text_config()
     windowed = getattr(config, "sliding_window", None) or any(
         "sliding" in str(t) for t in getattr(config, "layer_types", None) or ())
-    if windowed or getattr(config, "is_encoder_decoder", False):
+    if windowed or getattr(config, "is_encoder_decoder", False) or getattr(config, "attn_logit_softcapping", None):
+        return False
+    if model in _UNROUTED:
         return False
     default = GenerationConfig().to_dict()
-    return all(key in _HANDLED or default.get(key) == value for key, value in model.generation_config.to_dict().items())
+    return all(key in _HANDLED or value in (None, [], {}) or value == default.get(key)
+               or (key in _NEUTRAL and value == _NEUTRAL[key]) for key, value in model.generation_config.to_dict().items())
 
 
 #: What a forward pass costs beyond its tokens, in tokens: prefill groups (:func:`prefill_groups`) split only
@@ -127,13 +148,16 @@ ATTENTION = "medjp_shared_prefix"
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                shared_prefix: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
-               **kwargs: Any) -> tuple[torch.Tensor, None]:
+               routed: list[bool] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """SDPA, except for decoding after a shared prefix, where every row's queries meet the prefix's keys in one
     matrix product per KV head (the prefix is read once per step, not once per row: most of a step's attention
     memory traffic at a few shots). ``key``/``value`` then hold the rows' own tokens; the softmax runs in float32
-    over prefix and own keys together."""
+    over prefix and own keys together. ``routed`` records that the model called it (with the loop's keywords).
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if routed is not None:
+        routed.append(True)
     if shared_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -191,12 +215,14 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
     threads = _StepThreads(device)
     try:
         with torch.inference_mode():
+            routed: list[bool] = []
             logits = torch.cat([_prefill(model, cache, suffixes[a:b], real[a * n:b * n:n, :width], shared, pad_id,
-                                         slice(a * n, b * n), n) for a, b in prefill_groups(lengths)])
+                                         slice(a * n, b * n), n, routed) for a, b in prefill_groups(lengths)])
+            if not routed:
+                _UNROUTED.add(model)
+                raise UnroutedAttention(f"{type(model).__name__} does not call transformers' attention interface")
             positions = torch.tensor([shared + length for length in lengths], device=device).repeat_interleave(n)
             real = real[:, None, None, :].to(device)
-            import os
-            if os.environ.get("DT"): torch.set_num_threads(int(os.environ["DT"]))
             for step in range(new):
                 if step:
                     for layer in layers:
@@ -219,7 +245,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
                     break
     finally:
         config._attn_implementation = before
-        torch.set_num_threads(2)
+        threads.restore()
     generated = torch.stack(out, 1).tolist()
     results: list[list[int]] = [[] for _ in range(count)]
     for i, prompt in enumerate(order):
@@ -262,7 +288,7 @@ class _StepThreads:
 
 
 def _prefill(model: Any, cache: Cache, suffixes: list[list[int]], real: torch.Tensor, shared: int, pad_id: int,
-             rows: slice, copies: int) -> torch.Tensor:
+             rows: slice, copies: int, routed: list[bool]) -> torch.Tensor:
     """Prefill one group of suffixes (right-aligned, padded to the group's longest) into ``rows`` of the cache;
     returns the logits of each row's first new token, ``copies`` per suffix.
 
@@ -281,7 +307,7 @@ def _prefill(model: Any, cache: Cache, suffixes: list[list[int]], real: torch.Te
     for layer in cache.layers:
         layer.aim(rows, start, copies, prefill=True)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                   logits_to_keep=1, **{CACHE_ARG: cache}).logits[:, -1].float()
+                   routed=routed, logits_to_keep=1, **{CACHE_ARG: cache}).logits[:, -1].float()
     return logits.repeat_interleave(copies, dim=0)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .completions import Generation
 from .params import GenerationParams
-from .decode import decode, supports_fast_decoding
+from .decode import UnroutedAttention, decode, supports_fast_decoding
 from .prefix import PrefixKV
 
 
@@ -61,17 +61,19 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], param
              prefix: PrefixKV | None = None) -> list[Generation]:
     """One batch for all ``prompts`` (``n`` sequences each); one :class:`Generation` per prompt.
 
-    With ``prefix`` (a KV cache of tokens every prompt starts with; only where :func:`supports_fast_decoding`)
-    only the prompts' suffixes are prefilled.
+    With ``prefix`` (a KV cache of tokens every prompt starts with) the decoding loop prefills only the prompts'
+    suffixes; ``generate``, for models the loop does not support (:func:`supports_fast_decoding`), prefills all.
     """
     start = time.perf_counter()
     ends = end_token_ids(model, tokenizer)
+    new: list[list[int]] | None = None
     if supports_fast_decoding(model):
-        new = decode(model, prompts, params, tokenizer.pad_token_id, ends,
-                     stop_hit=_stop_finder(tokenizer, params.stop, ends), prefix=prefix)
-    elif prefix is not None:
-        raise ValueError("a shared prefix needs a model that supports_fast_decoding")
-    else:
+        try:
+            new = decode(model, prompts, params, tokenizer.pad_token_id, ends,
+                         stop_hit=_stop_finder(tokenizer, params.stop, ends), prefix=prefix)
+        except UnroutedAttention:
+            pass  # custom modelling code: generate, from now on, for this model
+    if new is None:
         ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(model, params),

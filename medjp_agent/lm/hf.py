@@ -256,8 +256,8 @@ class HFLM(dspy.BaseLM):
     def _generate_chunk(self, group: BatchGroup, requests: list[Request]) -> list[Generation]:
         """One ``generate`` call (under the model lock), its shared prefix taken from or added to the cache."""
         rows = [r.ids for r in requests]
-        prefix = None if self.prefixes is None else self.prefixes.for_batch(
-            self.loaded.model, self._fingerprint_with(group.adapter), rows)
+        prefix = None if self.prefixes is None or not supports_fast_decoding(self.loaded.model) else \
+            self.prefixes.for_batch(self.loaded.model, self._fingerprint_with(group.adapter), rows)
         results = generate(self.loaded.model, self.tokenizer, rows, group.params, prefix=prefix)
         self.stats.record_batch(len(requests), sum(g.generation_s for g in results))
         return results
