@@ -182,29 +182,34 @@ def test_prefill_groups_split_only_where_padding_costs_more_than_a_pass():
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:])) and len(groups) > 2
 
 
-@pytest.mark.parametrize(("all_threads_s", "one_thread_s", "kept"), [(0.010, 0.005, 1), (0.005, 0.010, 2)])
-def test_decoding_steps_keep_the_thread_count_their_first_steps_ran_faster_on(
-        monkeypatch: pytest.MonkeyPatch, all_threads_s: float, one_thread_s: float, kept: int):
+@pytest.mark.parametrize(("all_threads_s", "one_thread_s", "single"), [(0.010, 0.005, True), (0.005, 0.010, False)])
+def test_decoding_steps_keep_the_thread_setting_their_first_steps_ran_faster_with(
+        loaded, monkeypatch: pytest.MonkeyPatch, all_threads_s: float, one_thread_s: float, single: bool):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     now = {"t": 0.0}
-
-    def perf_counter() -> float:
-        return now["t"]
-
-    monkeypatch.setattr(decode_module.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(decode_module.time, "perf_counter", lambda: now["t"])
+    head = loaded.model.get_output_embeddings()
+    in_head: list[int] = []
+    threads = decode_module._StepThreads(loaded.model, "cpu")  # its hooks first, so the recording one sees them
+    recording = head.register_forward_pre_hook(lambda *_: in_head.append(torch.get_num_threads()))
     try:
-        threads = decode_module._StepThreads("cpu")
         seen = []
         for step in range(1, 8):
             with threads.step(step):
                 seen.append(torch.get_num_threads())
+                with torch.inference_mode():
+                    head(torch.zeros(1, head.in_features))
                 now["t"] += one_thread_s if torch.get_num_threads() == 1 else all_threads_s
+        kept = 1 if single else 2
         assert seen == [2, 2, 1, 1, kept, kept, kept]
+        assert in_head == [2] * 7  # the output projection, one large product, keeps every thread
         threads.restore()
-        assert torch.get_num_threads() == 2
-        assert not decode_module._StepThreads("cuda").active  # a GPU's steps are left alone
+        assert torch.get_num_threads() == 2 and not head._forward_pre_hooks.keys() - {recording.id}
+        assert not decode_module._StepThreads(loaded.model, "cuda").active  # a GPU's steps are left alone
     finally:
+        threads.restore()
+        recording.remove()
         torch.set_num_threads(before)
 
 

@@ -212,7 +212,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
     out: list[torch.Tensor] = []
     _register_attention()
     before, config._attn_implementation = config._attn_implementation, ATTENTION
-    threads = _StepThreads(device)
+    threads = _StepThreads(model, device)
     try:
         with torch.inference_mode():
             routed: list[bool] = []
@@ -254,37 +254,51 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
 
 
 class _StepThreads:
-    """How many CPU threads decoding steps run on: all of torch's, or one, whichever its first steps ran faster on.
+    """How many CPU threads decoding steps run on: all of torch's, or one for the layers (the output projection,
+    the one large product of a step, keeps all), whichever the first steps ran faster with.
 
     A step multiplies a few rows by every weight matrix, dozens of small products; on a CPU, waking the thread pool
     for each can cost more than the other cores give. Measured with 2 threads on 2 cores: the tiny Llama's steps
-    ran ~10 % faster on one thread, the 100M one's ~15 % slower. Steps 1-2 run on all threads and 3-4 on one; the
-    faster setting keeps the rest. (A GPU's steps do not depend on it.)
+    ran ~15 % faster with one thread for the layers, the 100M one's slower. Steps 1-2 run on all threads and 3-4
+    on one; the faster setting keeps the rest. (A GPU's steps do not depend on it.)
     """
 
     TRIAL = ((1, 2), (3, 4))
 
-    def __init__(self, device: Any):
+    def __init__(self, model: Any, device: Any):
         self.all = torch.get_num_threads()
         self.active = torch.device(device).type == "cpu" and self.all > 1
         self.times: dict[int, float] = {}
+        self.single = False
+        head = model.get_output_embeddings() if self.active else None
+        self._hooks = [] if head is None else [head.register_forward_pre_hook(lambda *_: self._head(True)),
+                                               head.register_forward_hook(lambda *_: self._head(False))]
+
+    def _head(self, starting: bool) -> None:
+        if self.single:
+            torch.set_num_threads(self.all if starting else 1)
+
+    def _use(self, single: bool) -> None:
+        self.single = single
+        torch.set_num_threads(1 if single else self.all)
 
     @contextmanager
     def step(self, step: int) -> Iterator[None]:
         timed = self.active and step <= self.TRIAL[1][-1]
         if timed and step == self.TRIAL[1][0]:
-            torch.set_num_threads(1)
+            self._use(True)
         start = time.perf_counter()
         yield
         if timed:
             self.times[step] = time.perf_counter() - start
             if step == self.TRIAL[1][-1]:
-                faster_alone = min(self.times[s] for s in self.TRIAL[1]) < min(self.times[s] for s in self.TRIAL[0])
-                torch.set_num_threads(1 if faster_alone else self.all)
+                self._use(min(self.times[s] for s in self.TRIAL[1]) < min(self.times[s] for s in self.TRIAL[0]))
 
     def restore(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
         if self.active:
-            torch.set_num_threads(self.all)
+            self._use(False)
 
 
 def _prefill(model: Any, cache: Cache, suffixes: list[list[int]], real: torch.Tensor, shared: int, pad_id: int,
