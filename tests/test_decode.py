@@ -98,13 +98,15 @@ def test_end_of_sequence_and_min_new_tokens_as_generate(loaded):
         model.generation_config.eos_token_id = before
 
 
-def test_stop_strings_end_rows_as_generate_does(loaded, monkeypatch: pytest.MonkeyPatch):
+# Early in a short completion, and late in a long one: only the last tokens are decoded to look for a stop string.
+@pytest.mark.parametrize(("new_tokens", "at"), [(12, 4), (48, -3)], ids=["early", "late"])
+def test_stop_strings_end_rows_as_generate_does(loaded, monkeypatch: pytest.MonkeyPatch, new_tokens: int, at: int):
     model, tokenizer = loaded.model, loaded.tokenizer
     rows = token_rows(tokenizer)
-    text = tokenizer.decode(reference(model, tokenizer, rows[:1], GenerationParams(max_new_tokens=12))[0],
-                            skip_special_tokens=True)
-    stop = text.strip()[4:6]
-    params = GenerationParams(max_new_tokens=12, stop=(stop,))
+    text = tokenizer.decode(reference(model, tokenizer, rows[:1], GenerationParams(max_new_tokens=new_tokens))[0],
+                            skip_special_tokens=True).strip()
+    stop = text[at:][:2]
+    params = GenerationParams(max_new_tokens=new_tokens, stop=(stop,))
     fast = generation.generate(model, tokenizer, rows, params)
     monkeypatch.setattr(generation, "supports_fast_decoding", lambda model: False)
     slow = generation.generate(model, tokenizer, rows, params)

@@ -99,7 +99,8 @@ class _BufferLayer(DynamicLayer):
     row's own and new tokens in a buffer allocated at the first write, ``[rows, heads, width + new, dim]``.
 
     The buffer starts zeroed: padding columns that no pass writes are masked, and a masked softmax weight (0) times
-    uninitialised memory (possibly NaN) would still be NaN. :meth:`aim` says where the next write goes.
+    uninitialised memory (possibly NaN) would still be NaN. Prefill passes say where they write (:meth:`aim`);
+    decoding steps append after the columns written so far, for every row.
     """
 
     def __init__(self, rows: int, capacity: int, prefix: tuple[torch.Tensor, torch.Tensor] | None):
@@ -107,13 +108,17 @@ class _BufferLayer(DynamicLayer):
         self.rows, self.capacity, self.prefix = rows, capacity, prefix
         self.shared = 0 if prefix is None else prefix[0].shape[-2]
         self.end = 0  # columns written so far
-        self.aim(slice(None), 0, copies=1, prefill=False)
+        self.decoding()
 
-    def aim(self, rows: slice, start: int, copies: int, prefill: bool) -> None:
-        """The next update writes ``rows`` (each input row ``copies`` times) from column ``start``. A prefill update
-        returns the prefix and the new keys, for attention within the pass; a decoding update returns the rows'
-        own columns so far, which attention reads with the prefix (:func:`_attention`)."""
-        self.target, self.start, self.copies, self.prefill = rows, start, copies, prefill
+    def aim(self, rows: slice, start: int, copies: int) -> None:
+        """The next update is a prefill pass writing ``rows`` (each input row ``copies`` times) from column
+        ``start``; it returns the prefix and the new keys, for attention within the pass."""
+        self.target, self.start, self.copies, self.prefill = rows, start, copies, True
+
+    def decoding(self) -> None:
+        """Updates from now on append one step for every row, and return the rows' own columns so far, which
+        attention reads with the prefix (:func:`_attention`)."""
+        self.target, self.copies, self.prefill = slice(None), 1, False
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -125,9 +130,10 @@ class _BufferLayer(DynamicLayer):
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.end = self.start + key_states.shape[-2]
+        start = self.start if self.prefill else self.end
+        self.end = start + key_states.shape[-2]
         for buffer, new in ((self._keys, key_states), (self._values, value_states)):
-            buffer[self.target, :, self.start:self.end] = new if self.copies == 1 else new.repeat_interleave(
+            buffer[self.target, :, start:self.end] = new if self.copies == 1 else new.repeat_interleave(
                 self.copies, dim=0)
         if not self.prefill:
             return self._keys[:, :, :self.end], self._values[:, :, :self.end]
@@ -190,8 +196,8 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
     """The new tokens of every row (prompt ``p``'s ``n`` rows are ``p * n ...``), ``pad_id`` after a row ends.
 
     ``prefix``: a KV cache of tokens every prompt starts with; only the rest of each prompt is prefilled, once per
-    prompt however many samples it asks for. ``stop_hit(tokens) -> bool`` ends a row whose new tokens contain a
-    stop string.
+    prompt however many samples it asks for. ``stop_hit(tokens) -> bool``, asked after each step with the row's new
+    tokens so far, ends a row whose latest token completed a stop string.
     """
     shared, n, new = 0 if prefix is None else len(prefix.ids), params.n, params.max_new_tokens
     # Rows by suffix length, so prefill groups pad little; their results go back to prompt order at the end.
@@ -221,12 +227,13 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
             if not routed:
                 _UNROUTED.add(model)
                 raise UnroutedAttention(f"{type(model).__name__} does not call transformers' attention interface")
+            for layer in layers:
+                layer.decoding()
             positions = torch.tensor([shared + length for length in lengths], device=device).repeat_interleave(n)
             real = real[:, None, None, :].to(device)
+            so_far: list[list[int]] = [[] for _ in range(count)]  # each row's new tokens, for stop strings
             for step in range(new):
                 if step:
-                    for layer in layers:
-                        layer.aim(slice(None), width + step - 1, copies=1, prefill=False)
                     with threads.step(step):
                         logits = model(input_ids=token[:, None], attention_mask=real[..., :width + step],
                                        position_ids=positions[:, None] + step - 1,
@@ -238,8 +245,9 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
                 out.append(token)
                 done |= torch.isin(token, ends)
                 if stop_hit is not None:
-                    tokens = torch.stack(out, 1).tolist()
-                    done |= torch.tensor([not d and stop_hit(t) for d, t in zip(done.tolist(), tokens)],
+                    for row, t in zip(so_far, token.tolist()):
+                        row.append(t)
+                    done |= torch.tensor([not d and stop_hit(t) for d, t in zip(done.tolist(), so_far)],
                                          device=device)
                 if bool(done.all()):
                     break
@@ -319,7 +327,7 @@ def _prefill(model: Any, cache: Cache, suffixes: list[list[int]], real: torch.Te
     own = (torch.ones((width, width), dtype=torch.bool).tril() & real[:, None, :]) | torch.eye(width, dtype=torch.bool)
     mask = torch.cat([torch.ones((group, width, shared), dtype=torch.bool), own], dim=-1)[:, None]
     for layer in cache.layers:
-        layer.aim(rows, start, copies, prefill=True)
+        layer.aim(rows, start, copies)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                    routed=routed, logits_to_keep=1, **{CACHE_ARG: cache}).logits[:, -1].float()
     return logits.repeat_interleave(copies, dim=0)

@@ -79,7 +79,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], param
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config(model, params),
                                  tokenizer=tokenizer if params.stop else None)
         new = out[:, ids.shape[1]:].tolist()
-    lengths = [next((i for i, t in enumerate(row) if t in ends), len(row)) for row in new]
+    lengths = [_until_end(row, ends) for row in new]
     texts = tokenizer.batch_decode([row[:k] for row, k in zip(new, lengths)], skip_special_tokens=True)
     share = (time.perf_counter() - start) / len(prompts)
     results = []
@@ -92,14 +92,26 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], param
     return results
 
 
+def _until_end(tokens: Sequence[int], ends: set[int]) -> int:
+    """How many of ``tokens`` come before the first end token."""
+    return next((i for i, t in enumerate(tokens) if t in ends), len(tokens))
+
+
 def _stop_finder(tokenizer: Any, stop: Sequence[str], ends: set[int]) -> Any:
-    """``hit(tokens)``: whether a row's new tokens (up to its end token) contain one of ``stop``; None if no stops."""
+    """``hit(tokens)``: whether a row's new tokens (up to its end token), checked after every step, just completed
+    one of ``stop``; None if no stops.
+
+    Only the tail is decoded: a stop string first appears with the newest token, within the last 4 tokens per
+    character (a character is at most 4 byte tokens), plus a few for a space a decoder drops at the window's start.
+    Decoding the whole row each step made stop strings cost quadratic time in the tokens generated.
+    """
     if not stop:
         return None
+    window = 4 * max(len(s) for s in stop) + 4
 
     def hit(tokens: list[int]) -> bool:
-        end = next((i for i, t in enumerate(tokens) if t in ends), len(tokens))
-        text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        end = _until_end(tokens, ends)
+        text = tokenizer.decode(tokens[max(0, end - window):end], skip_special_tokens=True)
         return any(s in text for s in stop)
 
     return hit
