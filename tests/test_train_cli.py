@@ -52,6 +52,9 @@ def test_fsdp_config_command(tmp_path: Path):
 
 @pytest.mark.parametrize("args, message", [
     (["--lora-r", "0"], "--lora-r: must be at least 1"),
+    (["--seed", "-3"], "--seed: must be in [0, 2**32), got -3"),
+    (["--epochs", "inf"], "--epochs: expected a finite number, got inf"),
+    (["--weight-decay", "-1"], "--weight-decay: must not be negative, got -1.0"),
     (["--target", "essay"], "--target: 'essay' is not one of explanation, answer"),
     (["--columns", "text"], "--columns 'text': expected KEY=VALUE"),
     (["--data", "missing.jsonl"], "TrainConfig.data: missing.jsonl: no such file"),

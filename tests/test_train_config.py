@@ -50,6 +50,12 @@ def test_yaml_scientific_notation_is_a_float(tmp_path: Path):
     ({"target_modules": ["all-linear", "lm_head"]}, "TrainConfig.target_modules: 'all-linear' .* stands alone"),
     ({"batch_size": 2.5}, "TrainConfig.batch_size: expected an integer"),
     ({"shots": [0, 9]}, r"TrainConfig.shots: must hold -1 \(the format's\) or 0..8"),
+    ({"epochs": float("inf")}, "TrainConfig.epochs: expected a finite number, got inf"),
+    ({"learning_rate": float("nan")}, "TrainConfig.learning_rate: expected a finite number, got nan"),
+    ({"weight_decay": -0.1}, "TrainConfig.weight_decay: must not be negative, got -0.1"),
+    ({"max_grad_norm": -1.0}, r"TrainConfig.max_grad_norm: must not be negative \(0: no clipping\)"),
+    ({"seed": -3}, r"TrainConfig.seed: must be in \[0, 2\*\*32\), got -3"),
+    ({"seed": 2**32}, r"TrainConfig.seed: must be in \[0, 2\*\*32\), got 4294967296"),
 ])
 def test_bad_configs_name_the_file_and_field(tmp_path: Path, values: dict, message: str):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -108,7 +109,7 @@ class TrainConfig:
     lr_scheduler: str = _opt("cosine", "transformers scheduler name (cosine, linear, constant, ...).", "Optimisation")
     warmup_ratio: float = _opt(0.03, "Share of the steps spent warming the learning rate up from 0.", "Optimisation")
     weight_decay: float = _opt(0.0, "AdamW weight decay.", "Optimisation")
-    max_grad_norm: float = _opt(0.3, "Gradient clipping norm (QLoRA's 0.3).", "Optimisation")
+    max_grad_norm: float = _opt(0.3, "Gradient clipping norm (QLoRA's 0.3; 0: no clipping).", "Optimisation")
     batch_size: int = _opt(4, "Sequences per device per micro-batch.", "Optimisation")
     grad_accum: int = _opt(4, "Micro-batches accumulated per optimizer step.", "Optimisation")
     epochs: float = _opt(3.0, "Passes over the training split (ignored when `max_steps` is set).", "Optimisation")
@@ -143,6 +144,8 @@ class TrainConfig:
                 raise TrainConfigError(f.name, f"expected a number, got {value!r}")
             if hint is int and not isinstance(value, int):
                 raise TrainConfigError(f.name, f"expected an integer, got {value!r}")
+            if hint is float and not math.isfinite(value):
+                raise TrainConfigError(f.name, f"expected a finite number, got {value!r}")
             if hint is bool and not isinstance(value, bool):
                 raise TrainConfigError(f.name, f"expected true or false, got {value!r}")
 
@@ -161,6 +164,10 @@ class TrainConfig:
             ("learning_rate", self.learning_rate > 0, "must be positive"),
             ("epochs", self.epochs > 0, "must be positive"),
             ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be -1 (use epochs) or positive"),
+            ("weight_decay", self.weight_decay >= 0, "must not be negative"),
+            ("max_grad_norm", self.max_grad_norm >= 0, "must not be negative (0: no clipping)"),
+            # numpy's generator, which transformers seeds too, takes 32-bit seeds only.
+            ("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32)"),
             ("shots", bool(self.shots) and all(isinstance(k, int) and -1 <= k <= 8 for k in self.shots),
              "must hold -1 (the format's) or 0..8"),
             ("overlap_ngram", self.overlap_ngram >= 2, "must be at least 2"),
