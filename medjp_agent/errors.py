@@ -37,6 +37,18 @@ class RunInterrupted(MedjpError):
     exit_code = 1
 
 
+#: Seeds reach numpy's generator (Optuna's samplers, DSPy's optimizers, transformers), which takes 32-bit ones.
+SEEDS = range(2**32)
+
+
+def check_settings(*checks: tuple[str, object, bool, str]) -> None:
+    """Raise a :class:`ConfigError` for the first ``(flag, value, ok, requirement)`` that is not ok, e.g.
+    ``("--heartbeat", 0, False, "must be positive")`` -> ``--heartbeat must be positive, got 0``."""
+    for flag, value, ok, requirement in checks:
+        if not ok:
+            raise ConfigError(f"{flag} {requirement}, got {value!r}")
+
+
 @contextmanager
 def lm_boundary() -> Iterator[None]:
     """Wrap a call to an LM: its failures become :class:`LMError`; programming errors pass through."""

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import dspy
 
 from medjp_agent.data import Question
-from medjp_agent.errors import ConfigError
+from medjp_agent.errors import SEEDS, ConfigError, check_settings
 from medjp_agent.scoring import grade
 from medjp_agent.signatures import MedicalQA
 from medjp_agent.suggest import did_you_mean
@@ -50,6 +50,17 @@ class OptimizerSettings:
     max_metric_calls: int | None = None
     threads: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.auto not in ("light", "medium", "heavy"):
+            raise ConfigError(f"--auto must be light, medium or heavy, got {self.auto!r}")
+        calls = self.max_metric_calls
+        check_settings(("--max-demos", self.max_demos, self.max_demos >= 0, "must not be negative"),
+                       ("--candidates", self.candidates, self.candidates >= 1, "must be at least 1"),
+                       ("--steps", self.steps, self.steps >= 1, "must be at least 1"),
+                       ("--max-metric-calls", calls, calls is None or calls >= 1, "must be at least 1"),
+                       ("--threads", self.threads, self.threads >= 1, "must be at least 1"),
+                       ("--seed", self.seed, self.seed in SEEDS, "must be in [0, 2**32)"))
 
 
 def question_key(question: str, choices: Sequence[str]) -> tuple[str, tuple[str, ...]]:

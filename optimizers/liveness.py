@@ -20,6 +20,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from medjp_agent.errors import check_settings
+
 from .objective import REFERENCE
 
 if TYPE_CHECKING:
@@ -41,6 +43,11 @@ class Liveness:
     interval_s: float = 30.0
     grace_s: float | None = None
     max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        check_settings(("--heartbeat", self.interval_s, self.interval_s > 0, "must be positive"),
+                       ("grace_s", self.grace_s, self.grace_s is None or self.grace_s > 0, "must be positive"),
+                       ("max_attempts", self.max_attempts, self.max_attempts >= 1, "must be at least 1"))
 
     @property
     def grace(self) -> float:

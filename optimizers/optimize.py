@@ -25,7 +25,7 @@ from typing import Any
 import dspy
 from rich.console import Console
 
-from medjp_agent.errors import ConfigError
+from medjp_agent.errors import ConfigError, check_settings
 from medjp_agent.evaluate import CallMeter, counting_calls
 from medjp_agent.lm import describe_lm
 from medjp_agent.paths import inside
@@ -104,6 +104,7 @@ class OptimizeResult:
 
 def formats_from_search(run_dir: Path, top_k: int) -> tuple[list[PromptFormat], tuple[float, ...], int]:
     """The best ``top_k`` fully evaluated formats of a `medjp search` folder, and its split (fractions, seed)."""
+    check_settings(("--top-k", top_k, top_k >= 1, "must be at least 1"))
     searched, manifest = load_search(run_dir)
     formats = [PromptFormat.from_dict(o.format) for o in searched.top(top_k)]
     if not formats:

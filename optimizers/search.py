@@ -25,7 +25,7 @@ from medjp_agent.data import Question
 from medjp_agent.results import MANIFEST, RunManifest
 from medjp_agent.signatures import PAPER_FORMATS, PromptFormat, resolve_format
 
-from medjp_agent.errors import ConfigError
+from medjp_agent.errors import SEEDS, ConfigError, check_settings
 from medjp_agent.suggest import did_you_mean
 
 from .liveness import Liveness
@@ -75,8 +75,13 @@ class SearchSettings:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}"
                               f"{did_you_mean(self.sampler, SAMPLERS)}")
-        if not 0 < self.p_threshold < 1:
-            raise ConfigError(f"--p-threshold must be in (0, 1), got {self.p_threshold}")
+        check_settings(
+            ("--p-threshold", self.p_threshold, 0 < self.p_threshold < 1, "must be in (0, 1)"),
+            ("--seed", self.seed, self.seed in SEEDS, "must be in [0, 2**32)"),
+            ("--n-startup-steps", self.n_startup_steps, self.n_startup_steps >= 0, "must not be negative"),
+            ("--n-startup-trials", self.n_startup_trials, self.n_startup_trials >= 0, "must not be negative"),
+            ("--n-workers", self.n_workers, self.n_workers >= 1, "must be at least 1"),
+            ("--threads", self.threads, self.threads >= 1, "must be at least 1"))
 
 
 @dataclass(frozen=True)

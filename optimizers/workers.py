@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from medjp_agent.errors import check_settings
 from medjp_agent.evaluate import CallMeter
 
 from .liveness import Liveness
@@ -47,6 +48,12 @@ class Budget:
     n_trials: int | None = None
     timeout_s: float | None = None
     max_lm_calls: int | None = None
+
+    def __post_init__(self) -> None:
+        check_settings(("--n-trials", self.n_trials, self.n_trials is None or self.n_trials >= 0, "must not be negative"),
+                       ("--timeout", self.timeout_s, self.timeout_s is None or self.timeout_s > 0, "must be positive"),
+                       ("--max-lm-calls", self.max_lm_calls, self.max_lm_calls is None or self.max_lm_calls >= 1,
+                        "must be at least 1"))
 
     def spent(self, trials: Sequence[FrozenTrial], elapsed_s: float, lm_calls: int | None = None) -> StopReason | None:
         """Which budget ran out; ``lm_calls`` defaults to the calls the trials recorded."""

@@ -144,3 +144,38 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     assert res.exit_code == 2 and "did you mean 'tpe'" in res.output
     with pytest.raises(ConfigError, match="did you mean 'mipro'"):
         optimizer_spec("mirpo")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+    (["search", "--heartbeat", "0"], "--heartbeat must be positive, got 0.0"),
+    (["search", "--timeout", "-5"], "--timeout must be positive, got -5.0"),
+    (["search", "--n-startup-trials", "-2"], "--n-startup-trials must not be negative, got -2"),
+    (["search", "--promote", "2"], "--promote must be in (0, 1], got 2.0"),  # checked without --screen too
+    (["optimize", "--optimizer", "bootstrap", "--seed", str(2**32)], "--seed must be in [0, 2**32), got 4294967296"),
+    (["optimize", "--optimizer", "bootstrap", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["optimize", "--optimizer", "bootstrap", "--max-demos", "-1"], "--max-demos must not be negative, got -1"),
+    (["optimize", "--optimizer", "bootstrap", "--auto", "huge"], "--auto must be light, medium or heavy, got 'huge'"),
+    (["report", "--seed", "-1", "a", "b"], "Invalid value for '--seed'"),
+])
+def test_out_of_range_settings_stop_before_any_work(tmp_path, args, message):
+    out = tmp_path / "run"
+    res = runner.invoke(app, [*args, *(["--out", str(out)] if args[0] != "report" else [])])
+    assert res.exit_code == 2 and message in " ".join(res.output.split())
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_settings_objects_check_their_ranges_from_python_too():
+    from medjp_agent.optimizers import Budget, OptimizerSettings, SearchSettings
+    from medjp_agent.optimizers.liveness import Liveness
+
+    for make, message in [(lambda: Budget(timeout_s=float("nan")), "--timeout must be positive"),
+                          (lambda: Budget(max_lm_calls=0), "--max-lm-calls must be at least 1"),
+                          (lambda: Liveness(interval_s=-1), "--heartbeat must be positive"),
+                          (lambda: Liveness(max_attempts=0), "max_attempts must be at least 1"),
+                          (lambda: SearchSettings(seed=2**32), r"--seed must be in \[0, 2\*\*32\)"),
+                          (lambda: SearchSettings(threads=0), "--threads must be at least 1"),
+                          (lambda: OptimizerSettings(candidates=0), "--candidates must be at least 1")]:
+        with pytest.raises(ConfigError, match=message):
+            make()
+    assert SearchSettings(seed=2**32 - 1).seed == 2**32 - 1 and Budget(n_trials=0).n_trials == 0

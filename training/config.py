@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from medjp_agent.errors import SEEDS
+
 Target = Literal["explanation", "answer"]
 Dtype = Literal["bfloat16", "float16", "float32"]
 Storage = Literal["uint8", "bfloat16", "float16", "float32"]
@@ -166,8 +168,7 @@ class TrainConfig:
             ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be -1 (use epochs) or positive"),
             ("weight_decay", self.weight_decay >= 0, "must not be negative"),
             ("max_grad_norm", self.max_grad_norm >= 0, "must not be negative (0: no clipping)"),
-            # numpy's generator, which transformers seeds too, takes 32-bit seeds only.
-            ("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32)"),
+            ("seed", self.seed in SEEDS, "must be in [0, 2**32)"),
             ("shots", bool(self.shots) and all(isinstance(k, int) and -1 <= k <= 8 for k in self.shots),
              "must hold -1 (the format's) or 0..8"),
             ("overlap_ngram", self.overlap_ngram >= 2, "must be at least 2"),

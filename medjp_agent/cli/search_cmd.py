@@ -67,7 +67,8 @@ def _screening(score: str, screen: str, n_trials: int, n_questions: int, promote
     check_score(score)
     if screen not in ("none", "logprob"):
         raise ConfigError(f"--screen must be none or logprob, got {screen!r}")
-    return ScreenSettings(n_trials, n_questions, promote) if screen == "logprob" else None
+    settings = ScreenSettings(n_trials, n_questions, promote)  # checked even when unused: a typo shows
+    return settings if screen == "logprob" else None
 
 
 def _build_lm(options: LMOptions) -> Any:
@@ -169,14 +170,14 @@ def optimize(
     """Tune instructions and demos with a DSPy optimizer within a format (or a search's best formats)."""
     import dataclasses
 
-    from medjp_agent.errors import ConfigError, user_input
+    from medjp_agent.errors import user_input
     from medjp_agent.optimizers import OptimizeConfig, OptimizerSettings, formats_from_search, run_optimize
     from medjp_agent.optimizers.dspy_optimizers import optimizer_spec
     from medjp_agent.signatures import resolve_format
 
     optimizer_spec(optimizer)
-    if auto not in ("light", "medium", "heavy"):
-        raise ConfigError(f"--auto must be light, medium or heavy, got {auto!r}")
+    settings = OptimizerSettings(auto=auto, max_demos=max_demos, candidates=candidates, steps=steps,  # type: ignore[arg-type]
+                                 max_metric_calls=max_metric_calls, threads=threads, seed=seed)
     keep_prompts(log_prompts)
     dataset, questions, filters = load_questions(data, **selection)
     fractions: str | tuple[float, ...] = split
@@ -189,8 +190,6 @@ def optimize(
     proposer = (_build_lm(dataclasses.replace(lm, model=reflection_model or lm.model,
                                               api_base=reflection_api_base or lm.api_base))
                 if reflection_model or reflection_api_base else None)
-    settings = OptimizerSettings(auto=auto, max_demos=max_demos, candidates=candidates, steps=steps,  # type: ignore[arg-type]
-                                 max_metric_calls=max_metric_calls, threads=threads, seed=seed)
     out = out or Path("runs") / f"optimize-{optimizer}"
     result = run_optimize(OptimizeConfig(
         optimizer, formats, _splits(questions, fractions, split_seed), model, out, proposer, settings, max_lm_calls,
