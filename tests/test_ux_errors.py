@@ -157,6 +157,7 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     (["optimize", "--optimizer", "bootstrap", "--max-demos", "-1"], "--max-demos must not be negative, got -1"),
     (["optimize", "--optimizer", "bootstrap", "--auto", "huge"], "--auto must be light, medium or heavy, got 'huge'"),
     (["report", "--seed", "-1", "a", "b"], "Invalid value for '--seed'"),
+    (["demo", "--n-trials", "0"], "Invalid value for '--n-trials'"),  # before the demo trains anything
 ])
 def test_out_of_range_settings_stop_before_any_work(tmp_path, args, message):
     out = tmp_path / "run"

@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
-        n_trials: Annotated[int, typer.Option(help="Formats generated with, after 12 screened by log-probability.")] = 8,
-        threads: Annotated[int, typer.Option(help="Questions in flight at once.")] = 16,
+        n_trials: Annotated[int, typer.Option(min=1, help="Formats generated with, after 12 screened by log-probability.")] = 8,
+        threads: Annotated[int, typer.Option(min=1, help="Questions in flight at once.")] = 16,
         no_tui: Annotated[bool, typer.Option("--no-tui", help="Log lines instead of the live view.")] = False,
     ) -> None:
         """Build, QLoRA-train, search and report on the embedded tiny model, offline."""
