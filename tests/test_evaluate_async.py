@@ -189,7 +189,9 @@ def test_acall_mirrors_the_modules_forward_with_votes_shuffles_and_self_generate
 
 
 def test_a_scripted_lm_on_the_async_path_holds_many_calls_on_few_threads():
-    lm, watcher = ScriptedLM(scripted_reply, latency_s=0.05), Watcher()
+    # Each call lasts long enough that all 64 are held at once even on a loaded machine (at 0.05 s, a CI run
+    # beside another job saw the first call end before the 64th started).
+    lm, watcher = ScriptedLM(scripted_reply, latency_s=0.5), Watcher()
     asked = questions(120)
     results = evaluate(MedicalQA(DIRECT), asked, lm, threads=64, observers=[watcher], asynchronous=True)
     assert lm.peak_in_flight == 64 and watcher.peak_threads < 16
