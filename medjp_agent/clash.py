@@ -15,14 +15,15 @@ from medjp_agent.results import MANIFEST, RESULTS, RunManifest, RunMismatch
 
 
 def check_run_folder(out: Path, *, model: str | None, **identity: Any) -> None:
-    """Raise :class:`RunMismatch` when ``out`` holds a run whose ``identity`` fields (or model) differ."""
-    if not (out / MANIFEST).exists() or not (out / RESULTS).exists():
+    """Raise :class:`RunMismatch` when ``out`` holds a run whose ``identity`` fields (or model) differ: a run of
+    another kind always, one of the same kind once it holds results."""
+    if not (out / MANIFEST).exists():
         return
     previous = RunManifest.from_dict(json.loads((out / MANIFEST).read_text(encoding="utf-8")))
     wanted = {**identity, **({"model": model} if model else {})}
     held = previous.identity()
-    differ = [k for k, v in wanted.items() if k in held and held[k] != v]
-    if differ:
+    differ = [k for k, v in wanted.items() if k in held and not previous.same(k, v)]
+    if differ and ("kind" in differ or (out / RESULTS).exists()):
         shown = "; ".join(f"{k}: {_short(held[k])} there, {_short(wanted[k])} now" for k in differ)
         raise RunMismatch(f"{out} holds a different run ({', '.join(differ)} differ): {shown}. Use another --out, "
                           "or leave --out out for a new folder named by model, format and time")

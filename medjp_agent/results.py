@@ -52,6 +52,7 @@ class RunManifest:
     format: dict[str, Any] | None = None
     optimizer: str = ""
     filters: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
     n_questions: int = 0
     command: tuple[str, ...] = ()
     created: str = ""
@@ -59,7 +60,14 @@ class RunManifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("kind", "data", "model", "adapter", "system", "format", "optimizer", "filters")}
+        return {k: getattr(self, k) for k in ("kind", "data", "model", "adapter", "system", "format", "optimizer",
+                                              "filters", "generation")}
+
+    def same(self, key: str, value: Any) -> bool:
+        """Whether identity field ``key`` equals ``value``; runs recorded before generation settings were (empty)
+        match any."""
+        mine = getattr(self, key)
+        return mine == value or (key == "generation" and not mine)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,10 +222,12 @@ class RunWriter:
         self._lock = threading.Lock()
         self._file: Any = None
         old = self.dir / MANIFEST
-        if old.exists() and (self.dir / RESULTS).exists():
+        if old.exists():
             previous = RunManifest.from_dict(json.loads(old.read_text(encoding="utf-8")))
-            if previous.identity() != manifest.identity():
-                diff = [k for k, v in manifest.identity().items() if previous.identity()[k] != v]
+            # A folder of another kind is never reused (a search keeps its results in trials/, not results.jsonl);
+            # one of the same kind with no results yet holds nothing to lose.
+            diff = [k for k, v in manifest.identity().items() if not previous.same(k, v)]
+            if previous.kind != manifest.kind or (diff and (self.dir / RESULTS).exists()):
                 raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} differ); use another --out")
         self._results = {r.id: r for r in read_results(self.dir / RESULTS)}
         self._repair_tail()

@@ -19,7 +19,7 @@ from rich.console import Console
 from medjp_agent.data import Question
 from medjp_agent.errors import RunInterrupted, user_input
 from medjp_agent.evaluate import CallMeter, Observer, evaluate
-from medjp_agent.lm import build_lm, describe_lm
+from medjp_agent.lm import build_lm, describe_lm, generation_settings
 from medjp_agent.lm.options import LMOptions
 from medjp_agent.paths import inside
 from medjp_agent.rerun import resume_hint
@@ -120,7 +120,7 @@ def manifest_for(config: EvalConfig, fmt: PromptFormat, lm: dspy.BaseLM) -> RunM
     return RunManifest.create(
         name=config.out.name, kind=info.kind, data=info.data, model=described["model"], adapter=described["adapter"],
         backend=described["backend"], format=fmt.to_dict(), optimizer=info.optimizer, filters=dict(info.filters),
-        n_questions=len(config.questions), extra=dict(info.extra),
+        generation=generation_settings(lm.kwargs), n_questions=len(config.questions), extra=dict(info.extra),
     )
 
 

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from medjp_agent.data import Question
 from medjp_agent.errors import ConfigError
-from medjp_agent.lm import describe_lm
+from medjp_agent.lm import describe_lm, generation_settings
 from medjp_agent.results import RunManifest, RunWriter
 from medjp_agent.runs import RunInfo
 from medjp_agent.signatures import PromptFormat, resolve_format
@@ -113,7 +113,9 @@ def run_search(config: SearchConfig) -> SearchResult:
 def _run_stage(config: SearchConfig, settings: SearchSettings, space: Any, dev: Sequence[Question],
                score: ScoreKind, out: Path | None, offset: int = 0) -> tuple[SearchResult, optuna.Study]:
     """Open (or resume) one study and run workers on it until its budget is spent."""
-    study, storage = open_study(settings, space, score, dev)
+    # A logprob score asks for no completion: its trials do not depend on the generation settings.
+    generation = None if score == "logprob" else generation_settings(config.lm.kwargs)
+    study, storage = open_study(settings, space, score, dev, generation)
     if config.observer is not None:
         config.observer.search_started(settings.study, str(settings.storage or "memory"),
                                        SearchResult.from_study(study).trials, len(dev))
@@ -155,7 +157,8 @@ def _manifest(config: SearchConfig, dev: Sequence[Question]) -> RunManifest:
     s = config.settings
     return RunManifest.create(
         name=config.out.name, kind="search", data=config.data, model=info["model"], adapter=info["adapter"],
-        backend=info["backend"], filters=dict(config.filters), n_questions=len(dev),
+        backend=info["backend"], filters=dict(config.filters), generation=generation_settings(config.lm.kwargs),
+        n_questions=len(dev),
         extra={"storage": s.storage, "study": s.study, "sampler": s.sampler, "score": config.score,
                "screen": dataclasses.asdict(config.screen) if config.screen else None,
                "split": config.splits.to_dict(), "space": config.space.to_dict()},

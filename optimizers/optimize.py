@@ -27,7 +27,7 @@ from rich.console import Console
 
 from medjp_agent.errors import ConfigError, check_settings
 from medjp_agent.evaluate import CallMeter, counting_calls
-from medjp_agent.lm import describe_lm
+from medjp_agent.lm import describe_lm, generation_settings
 from medjp_agent.paths import inside
 from medjp_agent.results import RunManifest, RunWriter
 from medjp_agent.runs import EvalConfig, RunInfo, run_eval
@@ -203,7 +203,7 @@ def _manifest(config: OptimizeConfig) -> RunManifest:
     return RunManifest.create(
         name=config.out.name, kind="optimize", data=config.data, model=info["model"], adapter=info["adapter"],
         backend=info["backend"], optimizer=config.optimizer, filters=dict(config.filters),
-        n_questions=len(config.splits.test),
+        generation=generation_settings(config.lm.kwargs), n_questions=len(config.splits.test),
         extra={"formats": [f.name for f in config.formats], "split": config.splits.to_dict(),
                "proposer": describe_lm(config.proposer or config.lm), **config.extra},
     )

@@ -38,6 +38,10 @@ from .storage import create_study, open_storage, search_storage_url
 from .workers import Budget
 
 
+#: The study's user attribute holding the generation settings its trials were run with.
+GENERATION = "generation"
+
+
 class StudyMismatch(ConfigError):
     """``--study NAME`` names a study made with another space, score or dev split."""
 
@@ -160,13 +164,15 @@ def identity(space: FormatSpace, score: str, dev: Sequence[Question]) -> dict[st
             "dev_sha256": hashlib.sha256(ids.encode()).hexdigest()}
 
 
-def open_study(settings: SearchSettings, space: FormatSpace, score: str,
-               dev: Sequence[Question]) -> tuple[optuna.Study, Any]:
+def open_study(settings: SearchSettings, space: FormatSpace, score: str, dev: Sequence[Question],
+               generation: dict[str, Any] | None = None) -> tuple[optuna.Study, Any]:
     """Create the study, or load it when it exists; returns ``(study, storage)``.
 
     The process that creates the study samples with ``settings.seed`` (a fresh search is reproducible); every
     process that joins or resumes it gets a seed of its own, so it does not replay the trials already sampled.
-    Raises :class:`StudyMismatch` when an existing study was made with another space, score or dev split.
+    Raises :class:`StudyMismatch` when an existing study was made with another space, score or dev split, or with
+    other ``generation`` settings (:func:`~medjp_agent.lm.generation_settings`; None where answers do not depend on
+    them).
     """
     storage = open_storage(settings.storage)
     study, created = create_study(
@@ -188,6 +194,14 @@ def open_study(settings: SearchSettings, space: FormatSpace, score: str,
         enqueue_references(study, space, settings.references)
         for key, value in wanted.items():
             study.set_user_attr(key, value)
+    if generation is not None:
+        # Apart from the identity: studies made before it was recorded resume, and record it now.
+        held = study.user_attrs.get(GENERATION)
+        if held is not None and held != generation:
+            raise StudyMismatch(f"study {settings.study!r} was made with other generation settings ({held}, now "
+                                f"{generation}); resume it with the same settings or use another --study")
+        if held is None:
+            study.set_user_attr(GENERATION, generation)
     return study, storage
 
 

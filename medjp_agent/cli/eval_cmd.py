@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         """Answer exam questions in one prompt format, score them and write results.jsonl + summary.json."""
         from medjp_agent.clash import check_run_folder
         from medjp_agent.errors import user_input
+        from medjp_agent.lm import generation_settings
         from medjp_agent.naming import default_run_name
         from medjp_agent.paths import inside
         from medjp_agent.prompt_log import log_prompts as keep_prompts
@@ -51,7 +52,8 @@ def register(app: typer.Typer) -> None:
         pool = exemplar_pool(data, fmt)
         program = MedicalQA(fmt, demo_pool=list(pool.demos))
         run_dir = out or inside("runs", default_run_name(lm.model, program.format.name))
-        check_run_folder(run_dir, model=lm.model, data=dataset.source, format=program.format.to_dict())
+        check_run_folder(run_dir, model=lm.model, kind="eval", data=dataset.source, format=program.format.to_dict(),
+                         filters=filters, generation=generation_settings(lm.request()))
         run_eval(EvalConfig(questions, program, lm, run_dir, threads=threads, console=console, by=by,
                             info=RunInfo(data=dataset.source, filters=filters,
                                          extra={"exemplar": pool.note} if pool.note else {})))

@@ -36,4 +36,14 @@ def describe_lm(lm: Any) -> dict[str, str]:
     return {"model": str(getattr(lm, "model", type(lm).__name__)), "adapter": "", "backend": type(lm).__name__}
 
 
-__all__ = ["LMOptions", "build_lm", "describe_lm"]
+def generation_settings(request: dict[str, Any]) -> dict[str, Any]:
+    """The settings of an LM's default ``request`` (its ``kwargs``, or :meth:`LMOptions.request`) that change its
+    answers, as a run manifest records them: resuming a run with other ones is refused. Greedy decoding ignores
+    ``top_p``."""
+    kept = {k: request[k] for k in ("temperature", "max_tokens", "top_p") if request.get(k) is not None}
+    if not kept.get("temperature"):
+        kept.pop("top_p", None)
+    return kept
+
+
+__all__ = ["LMOptions", "build_lm", "describe_lm", "generation_settings"]

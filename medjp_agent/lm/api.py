@@ -93,7 +93,7 @@ class APILM(dspy.BaseLM):
             raise ValueError("--adapter and --load-in-4bit/8bit configure a local model; with --api-base the server "
                              "loads the model (serve adapters with vLLM --lora-modules and pass --model NAME)")
         return cls(opts.model, opts.api_base or "", opts.api_key, num_retries=opts.retries, timeout_s=opts.timeout,
-                   cache=opts.cache, temperature=opts.temperature, max_tokens=opts.max_new_tokens, top_p=opts.top_p)
+                   cache=opts.cache, **opts.request())
 
     def describe(self) -> dict[str, str]:
         return {"model": self.model, "adapter": "", "backend": f"api {self.api_base}"}

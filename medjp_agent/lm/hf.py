@@ -24,6 +24,8 @@ from typing import Any
 
 import dspy
 
+from medjp_agent.errors import ConfigError
+
 from .adapters import active_adapter
 from .batcher import MicroBatcher, Request
 from .cache import GenerationCache, cache_key
@@ -112,7 +114,7 @@ class HFLM(dspy.BaseLM):
         lm = cls(load(opts), batch_size=opts.batch_size,
                  cache=GenerationCache(opts.cache_dir) if opts.cache else None,
                  prefix_sharing=opts.prefix_cache, max_memory=opts.max_memory,
-                 temperature=opts.temperature, max_tokens=opts.max_new_tokens, top_p=opts.top_p)
+                 **opts.request())
         # At start-up, like the loading bar before it: what a batch may hold, before hours of generation.
         sys.stderr.write(lm.memory_summary() + "\n")
         return lm
@@ -121,6 +123,12 @@ class HFLM(dspy.BaseLM):
         model = self.loaded.model
         cap = device_cap(max_memory, model.device)
         weights = model.get_memory_footprint()
+        # Split over several devices, this one holds only part of the weights, so a cap below all of them can fit.
+        if cap is not None and cap <= weights and len(set(getattr(model, "hf_device_map", {}).values())) <= 1:
+            from medjp_agent.envinfo import human_bytes
+
+            raise ConfigError(f"--max-memory caps {model.device} at {human_bytes(cap)}, no more than the weights "
+                              f"({human_bytes(weights)}): nothing is left for batches; raise the cap or leave it out")
         budget = (lambda: cap - weights) if cap is not None else (lambda: free_memory(model.device))
 
         def on_oom() -> None:

@@ -39,3 +39,7 @@ class LMOptions:
     #: Seconds an API backend waits for one reply, and how often it retries a failed request (with backoff).
     timeout: float = 600.0
     retries: int = 4
+
+    def request(self) -> dict[str, float | int]:
+        """The LM's default request settings, by DSPy's names."""
+        return {"temperature": self.temperature, "max_tokens": self.max_new_tokens, "top_p": self.top_p}
