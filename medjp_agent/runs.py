@@ -102,6 +102,13 @@ def _run_eval_locked(config: EvalConfig) -> RunSummary:
     except RunInterrupted as e:
         hint = resume_hint(e.__cause__, len(writer.done_ids), len(config.questions), writer.dir)
         raise RunInterrupted(f"{e}. {hint}") from e.__cause__
+    except KeyboardInterrupt:
+        # Re-raised as it is (a search stops on it), but the user should not have to guess what was kept.
+        if config.console is not None:
+            config.console.print(f"[yellow]interrupted:[/] {len(writer.done_ids)} of {len(config.questions)} "
+                                 f"questions answered are saved in {writer.dir}; run the same command again to "
+                                 "resume", highlight=False)
+        raise
     finally:
         summary = writer.finalize(n_expected=len(config.questions), wall_s=time.perf_counter() - start)
     config.program.save(str(config.out / PROGRAM))

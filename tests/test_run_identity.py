@@ -68,3 +68,40 @@ def test_a_study_resumed_with_other_generation_settings_is_refused(tmp_path):
     with pytest.raises(StudyMismatch, match="other generation settings"):
         open_study(settings, space, "correct", dev, {"max_tokens": 16})
     open_study(settings, space, "correct", dev, {"max_tokens": 8})
+
+
+class CtrlC:
+    """Presses Ctrl-C (raises KeyboardInterrupt in the evaluating thread, as SIGINT would) at the third result."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_result(self, result) -> None:
+        self.seen += 1
+        if self.seen == 3:
+            raise KeyboardInterrupt
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def test_an_interrupted_eval_says_what_it_kept_and_reports_as_unfinished(tmp_path):
+    from rich.console import Console
+
+    from medjp_agent.data import SAMPLE_DIR, load_igakuqa
+    from medjp_agent.lm.scripted import ScriptedLM
+    from medjp_agent.report import build_report, load_run_dirs, report_tables
+    from medjp_agent.runs import EvalConfig, run_eval
+    from medjp_agent.signatures import MedicalQA
+
+    console = Console(record=True, width=200)
+    questions = list(load_igakuqa(SAMPLE_DIR))
+    config = EvalConfig(questions, MedicalQA("paper-instruction-in-header"), ScriptedLM("a"), tmp_path / "run",
+                        threads=1, observers=[CtrlC()], console=console)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config)
+    assert f"interrupted: 3 of {len(questions)} questions answered are saved in {tmp_path / 'run'}" in " ".join(
+        console.export_text().split())
+    loaded, searches = load_run_dirs([tmp_path / "run"])
+    runs = report_tables(build_report(loaded, searches=searches))[0]
+    assert runs.rows[0][runs.columns.index("n")] == f"3 of {len(questions)}"

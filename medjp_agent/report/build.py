@@ -47,6 +47,8 @@ class RunRow(Serializable):
     subset: tuple[str, ...]
     #: Accuracy per clinical category (循環器, 小児科, …), whatever ``--by`` is: the category plot draws it.
     categories: dict[str, Aggregate] = field(default_factory=dict)
+    #: Questions an unfinished run (interrupted, or with questions not run) was started with; None when finished.
+    planned: int | None = None
 
     @classmethod
     def of(cls, run: Run, label: str, by: GroupBy) -> "RunRow":
@@ -59,6 +61,7 @@ class RunRow(Serializable):
             lm_calls=run.summary.lm_calls, prompt_tokens=run.summary.prompt_tokens,
             completion_tokens=run.summary.completion_tokens, subset=subset_reasons(run),
             categories=aggregate_by(run.results, "category"),
+            planned=None if run.summary.complete else m.n_questions,
         )
 
 

@@ -148,7 +148,8 @@ def runs_table(report: Report) -> ReportTable:
         else:
             delta = f"{pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}]{' *' if c.significant else ''}"
         o = r.overall
-        rows.append((r.label, *(getattr(r, f) or DASH for f in identity), str(o.n), pct(o.accuracy),
+        n = str(o.n) if r.planned is None else f"{o.n} of {r.planned}"
+        rows.append((r.label, *(getattr(r, f) or DASH for f in identity), n, pct(o.accuracy),
                      f"{o.points}/{o.points_possible}",
                      *(pct(r.years[y].accuracy) if y in r.years else DASH for y in years),
                      str(o.forbidden_picked), str(o.parse_failures), *(str(getattr(o, key)) for _, key in extra),
