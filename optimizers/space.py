@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_type_hints
@@ -126,16 +126,19 @@ class FormatSpace:
         axes: dict[str, Values] = {}
         base = self.base
         for name, values in self.axes.items():
-            values = tuple(values)
             if name not in _FIELD_ORDER or name in NOT_SEARCHABLE:
                 searchable = ", ".join(n for n in _FIELD_ORDER if n not in NOT_SEARCHABLE)
                 raise ValueError(f"format space: {name!r} is not a searchable PromptFormat field ({searchable})")
+            # A string is iterable too: ``template: xml`` would become the axis ('x', 'm', 'l').
+            if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+                raise ValueError(f"format space: axes.{name}: expected a list of values, got {values!r}")
+            values = tuple(values)
             if not values:
-                raise ValueError(f"format space: axis {name!r} has no values")
-            if len(set(values)) != len(values):
-                raise ValueError(f"format space: axis {name!r} repeats a value")
+                raise ValueError(f"format space: axes.{name} has no values")
             for value in values:
                 _check_value(base, name, value)
+            if len(set(values)) != len(values):
+                raise ValueError(f"format space: axes.{name} repeats a value")
             if len(values) == 1:
                 base = base.replace(**{name: values[0]})
             else:
@@ -225,9 +228,12 @@ class FormatSpace:
             raise ValueError(f"{source}: unknown format-space key {unknown[0]!r} (expected base, axes)")
         raw_base = d.get("base", "paper-instruction-in-header")
         try:
-            base = (PromptFormat.from_dict({**raw_base, "name": "base"}, source=source) if isinstance(raw_base, Mapping)
+            base = (PromptFormat.from_dict({**raw_base, "name": "base"}, source="base") if isinstance(raw_base, Mapping)
                     else resolve_format(str(raw_base)).replace(name="base"))
             axes = d.get("axes")
+            if axes is not None and not isinstance(axes, Mapping):
+                raise ValueError(f"axes: expected a mapping FIELD: [values] (e.g. 'shots: [0, 1]' indented under "
+                                 f"'axes:'), got {type(axes).__name__} {axes!r}")
             return cls(DEFAULT_AXES if axes is None else dict(axes), base)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
@@ -249,8 +255,8 @@ def _renders_in_harness(name: str, values: Mapping[str, Any]) -> bool:
 
 def _check_value(base: PromptFormat, name: str, value: Any) -> None:
     if not (value is None or isinstance(value, (bool, int, float, str))):
-        raise ValueError(f"format space: axis {name!r}: {value!r} is not a categorical value (str, int, float, bool)")
+        raise ValueError(f"format space: axes.{name}: {value!r} is not a categorical value (str, int, float, bool)")
     try:
         base.replace(**{name: value})
     except (TypeError, ValueError) as e:
-        raise ValueError(f"format space: axis {name!r}: {e}") from None
+        raise ValueError(f"format space: axes.{name}: {e}") from None

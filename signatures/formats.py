@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from medjp_agent.data.textfile import read_text
 from medjp_agent.paths import slug_error
 
 Template = Literal["alpaca", "plain", "chat", "markdown", "xml", "json", "harness"]
@@ -88,6 +91,31 @@ DESCRIPTORS: dict[str, dict[str, str]] = {
 ANSWER_WORDS: dict[str, tuple[str, ...]] = {"ja": ("答え", "解答", "正解"), "en": ("answer", "final answer")}
 
 
+#: What a value of each plain field type must be, and how a message names it (worded as TrainConfig's). Format files
+#: give a quoted "false" or 1.7 as readily as the real thing, and Python would take either (a non-empty string is
+#: true, a float passes ``0 <= shots <= 8`` and then cannot slice); ``bool`` is an ``int`` to ``isinstance``.
+_FIELD_TYPES: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and math.isfinite(v)),
+            "a finite number"),
+    str: (lambda v: isinstance(v, str), "text"),
+}
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be the value of a field annotated ``hint`` (a Literal, a plain type, or ``X | None``)."""
+    options = get_args(hint)
+    if get_origin(hint) is Literal:
+        return None if value in options else f"{value!r} is not one of {', '.join(options)}"
+    if value is None and type(None) in options:
+        return None
+    kinds = [t for t in options or (hint,) if t is not type(None)]
+    if any(_FIELD_TYPES[t][0](value) for t in kinds):
+        return None
+    return f"expected {' or '.join(_FIELD_TYPES[t][1] for t in kinds)}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How a question is put to the model and how the answer is read back.
@@ -112,7 +140,7 @@ class PromptFormat:
         casing: Casing of English descriptors.
         joiner: Between fields of one block, and between blocks.
         answer_word: The answer marker's word; the marker is ``answer_word + separator``. Empty: the language's first.
-        shots: Number of demonstrations (0–5).
+        shots: Number of demonstrations (0–8).
         demo_selection: ``fixed`` (the first k of the pool), ``random``, or nearest neighbours of the question by
             TF-IDF or embedding (Medprompt's kNN few-shot).
         demo_order: Order of the selected demos; ``nearest-last`` puts the most similar demo next to the question.
@@ -157,18 +185,18 @@ class PromptFormat:
             raise ValueError(f"PromptFormat.name: {bad_name}")
         hints = get_type_hints(PromptFormat)
         for f in dataclasses.fields(self):
-            allowed = get_args(hints[f.name])
-            value = getattr(self, f.name)
-            if allowed and all(isinstance(a, str) for a in allowed) and value not in allowed:
-                raise ValueError(f"PromptFormat.{f.name}: {value!r} is not one of {', '.join(allowed)}")
+            # Types first: the range and key checks below, and rendering, assume them.
+            if (problem := _type_problem(hints[f.name], getattr(self, f.name))) is not None:
+                raise ValueError(f"PromptFormat.{f.name}: {problem}")
         if self.wording not in INSTRUCTIONS[self.language] and self.instruction is None:
             raise ValueError(f"PromptFormat.wording: {self.wording!r} is not one of {', '.join(INSTRUCTIONS[self.language])}")
         if self.persona not in PERSONAS:
             raise ValueError(f"PromptFormat.persona: {self.persona!r} is not one of {', '.join(PERSONAS)}")
         if not 0 <= self.shots <= 8:
             raise ValueError(f"PromptFormat.shots: {self.shots} is outside 0..8")
-        if self.self_consistency < 1 or self.ensemble < 1:
-            raise ValueError("PromptFormat.self_consistency and PromptFormat.ensemble must be at least 1")
+        for name in ("self_consistency", "ensemble"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PromptFormat.{name}: must be at least 1, got {getattr(self, name)}")
 
     @property
     def uses_chat(self) -> bool:
@@ -265,26 +293,55 @@ PAPER_FORMATS = ("paper-instruction-in-header", "paper-instruction-preamble")
 
 
 def read_config(path: str | Path) -> Any:
-    """The data in a ``.json`` file, or in YAML (any other suffix); a syntax error names the file."""
+    """The data in a ``.json`` file, or in YAML (any other suffix). A folder, a missing file, text that is not UTF-8
+    and a syntax error are each an error naming the file."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {e}") from None
 
 
+#: The layout of a format file, as its errors state it.
+_LAYOUT = "a mapping NAME: {PromptFormat fields} (or a list of field mappings, each with a name)"
+
+
 def load_formats(path: str | Path) -> dict[str, PromptFormat]:
     """Read named formats from YAML or JSON: a mapping ``name -> fields`` or a list of field mappings with ``name``."""
     path = Path(path)
     raw = read_config(path)
-    items = raw.items() if isinstance(raw, dict) else [(d.get("name"), d) for d in raw or []]
+    if isinstance(raw, dict):
+        _refuse_flat_format(raw, path)
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = []
+        for i, d in enumerate(raw, start=1):
+            if not isinstance(d, dict) or not d.get("name"):
+                raise ValueError(f"{path}: item {i}: expected a mapping of PromptFormat fields with a name, got {d!r}")
+            items.append((d["name"], d))
+    elif raw is None:  # an empty file holds no formats
+        items = []
+    else:
+        raise ValueError(f"{path}: expected {_LAYOUT}, got {type(raw).__name__} {raw!r}")
     out: dict[str, PromptFormat] = {}
     for name, fields in items:
-        if not isinstance(fields, dict) or not name:
-            raise ValueError(f"{path}: format {name!r}: expected a mapping of PromptFormat fields with a name")
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: format {name!r}: expected a mapping of PromptFormat fields, got {fields!r}")
         out[name] = PromptFormat.from_dict({**fields, "name": name}, source=f"{path}: format {name!r}")
     return out
+
+
+def _refuse_flat_format(raw: dict[Any, Any], path: Path) -> None:
+    """Refuse the fields of one format written at the top level, and say how to nest them: read as NAME: fields,
+    each field would be a format's name and the first error would name a "format 'template'"."""
+    fields = {f.name for f in dataclasses.fields(PromptFormat)}
+    if not raw or not set(raw) <= fields or any(isinstance(v, dict) for v in raw.values()):
+        return
+    name = raw.get("name")
+    heading = f"{name}:" if isinstance(name, str) and slug_error(name) is None else "NAME:"
+    raise ValueError(f"{path}: holds one format's fields at the top level, but a format file is {_LAYOUT}: indent "
+                     f"the fields under a line {heading!r}" + (" and drop 'name'" if "name" in raw else ""))
 
 
 def resolve_format(spec: str | PromptFormat) -> PromptFormat:

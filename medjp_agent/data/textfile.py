@@ -116,18 +116,23 @@ def read_jsonl(path: Path, errors: Collector, *, max_bytes: int = MAX_LINE_BYTES
         yield lineno, obj
 
 
-def read_json_object(path: Path, *, max_bytes: int = MAX_RESULT_LINE_BYTES) -> dict[str, Any]:
-    """A whole JSON file holding one object (``summary.json``, ``manifest.json``), with located errors."""
+def read_text(path: Path, *, max_bytes: int | None = None) -> str:
+    """A whole text file; a folder, a missing file, one over ``max_bytes`` and text that is not UTF-8 are located
+    errors."""
     check_file(path)
-    if path.stat().st_size > max_bytes:
+    if max_bytes is not None and path.stat().st_size > max_bytes:
         raise DataError(path, None, None, f"larger than {max_bytes:,} bytes")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(path, line, None, f"not UTF-8 (byte 0x{raw[e.start]:02x}); {encoding_hint(raw)}") from None
-    obj = parse_json(text, path, 1)
+
+
+def read_json_object(path: Path, *, max_bytes: int = MAX_RESULT_LINE_BYTES) -> dict[str, Any]:
+    """A whole JSON file holding one object (``summary.json``, ``manifest.json``), with located errors."""
+    obj = parse_json(read_text(path, max_bytes=max_bytes), path, 1)
     if not isinstance(obj, dict):
         raise DataError(path, 1, None, f"expected a JSON object, got {_kind(obj)}")
     return obj
