@@ -4,12 +4,15 @@ Names a user chooses (a format's name, a finalist's) become folder and file name
 cannot, and :func:`inside` builds a path from names and proves it stays under its parent, so a name like
 ``../../x`` or ``/abs/x`` can never write outside ``runs/``. :func:`replace_text` writes a file so that a kill at
 any moment leaves either the old content or the new, never a truncated mix.
+:func:`folder_write_error` proves an output folder writable while
+flags are read, before the work whose files it will hold.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 import threading
 from pathlib import Path
 
@@ -39,6 +42,21 @@ def inside(parent: str | Path, *names: str) -> Path:
     if target == root or not target.is_relative_to(root):
         raise ConfigError(f"{'/'.join(names)!r} would write outside {base}: names of formats and runs must be slugs")
     return path
+
+
+def folder_write_error(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder``, or None when they can. A missing folder is created with its
+    parents, as every output folder of medjp is; the proof is a temporary file, since permission bits lie (to root,
+    and on read-only or virtual file systems such as /proc)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        return "a file of that name is in the way"
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def replace_text(path: Path, text: str) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from medjp_agent.errors import ConfigError
+from medjp_agent.paths import folder_write_error
 from medjp_agent.redact import redact_text, without_masked_password
 
 STUDY_DB = "study.db"
@@ -58,16 +59,21 @@ def open_storage(url: str | None) -> BaseStorage:
         return optuna.storages.InMemoryStorage()
     if is_journal(url):
         path = Path(url.removeprefix(JOURNAL_PREFIX))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path, url)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise StorageError(f"storage {url!r}: expected an RDB URL (sqlite:///FILE, postgresql://...) or journal:PATH")
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path, url)
         return _rdb_storage(url, {"creator": lambda: _sqlite_connection(path)}, shown=url)
     # A search runs for hours: a server connection dropped meanwhile (restart, firewall) is replaced, not raised.
     return _rdb_storage(_with_driver(url), {"pool_pre_ping": True}, shown=url)
+
+
+def _make_folder(path: Path, url: str) -> None:
+    if reason := folder_write_error(path.parent):
+        raise StorageError(f"--storage {url}: cannot write into the folder {path.parent} ({reason})")
 
 
 def _with_driver(url: str) -> str:

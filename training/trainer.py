@@ -25,6 +25,8 @@ from typing import Any
 
 from rich.console import Console
 
+from medjp_agent.paths import folder_write_error
+
 from .checkpoints import checkpoints, newest_complete, step_of
 from .config import TrainConfig, TrainConfigError
 from .data import TrainingData, build_training_data, check_contamination, load_training_questions
@@ -94,6 +96,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
         notes += changes
     for note in notes:
         console.print(f"[yellow]{note}[/]", highlight=False)
+    # Here, not in TrainConfig: proving a folder writable creates it, which building a config must not do.
+    if reason := folder_write_error(Path(cfg.out)):
+        raise TrainConfigError("out", f"{cfg.out}: cannot write a run folder here ({reason})")
     model_path = _base_model(cfg)
     refuse_pickle_weights(model_path, "base model")
     questions = load_training_questions(cfg)

@@ -6,7 +6,6 @@ import functools
 import inspect
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
@@ -48,7 +47,7 @@ _LM_PARAMS: dict[str, tuple[Any, Any]] = {
 
 
 def _lm_options(values: dict[str, Any]) -> LMOptions:
-    memory = dict(item.split("=", 1) for item in values["max_memory"] or [])
+    memory = key_values("--max-memory", values["max_memory"] or [], "DEVICE=SIZE (e.g. 0=70GiB or cpu=100GiB)")
     cache_dir = os.environ.get("MEDJP_CACHE_DIR")
     return LMOptions(
         model=values["model"], adapters=tuple(values["adapter"] or ()), api_base=values["api_base"],
@@ -118,17 +117,58 @@ def with_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _extend(func, extra, lambda values: {"selection": {_SELECTION[k][0]: v for k, v in values.items()}})
 
 
-def writable_dir(path: Path | None) -> Path | None:
-    """``--out`` callback: create the folder and prove it writable while parsing flags, before any model loads."""
+def _writable_folder(what: str) -> Callable[[Path | None], Path | None]:
+    """A callback of a flag naming an output folder: create it and prove it writable while parsing flags."""
+
+    def check(path: Path | None) -> Path | None:
+        from medjp_agent.paths import folder_write_error
+
+        if path is not None and (reason := folder_write_error(path)):
+            raise typer.BadParameter(f"{path}: cannot write {what} here ({reason})")
+        return path
+
+    return check
+
+
+#: ``--out`` callback: a bad run folder fails while parsing flags, before any model loads.
+writable_dir = _writable_folder("a run folder")
+#: ``--plots-dir`` callback.
+writable_folder = _writable_folder("files")
+
+
+def writable_file(path: Path | None) -> Path | None:
+    """Callback of a flag naming an output file (``--html``, ``--csv``, ``--json``): its folder is created and the
+    file proved writable while parsing flags, so a bad path fails before the work whose result it would hold."""
+    from medjp_agent.paths import folder_write_error
+
     if path is None:
         return None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise typer.BadParameter(f"{path}: cannot write a run folder here ({e.strerror or e})") from None
+    reason = "it is a folder; give a file name" if path.is_dir() else folder_write_error(path.parent)
+    if reason is None:
+        existed = path.exists()
+        try:
+            # Append mode: an existing file is proved writable without being emptied before the work succeeds.
+            with path.open("a"):
+                pass
+        except OSError as e:
+            reason = e.strerror or str(e)
+        else:
+            if not existed:
+                path.unlink()
+    if reason:
+        raise typer.BadParameter(f"{path}: cannot write this file ({reason})")
     return path
+
+
+def key_values(flag: str, items: list[str], shape: str = "KEY=VALUE") -> dict[str, str]:
+    """Repeated ``KEY=VALUE`` values of ``flag`` as a dict; one without ``=`` or with an empty side exits naming it."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not (sep and key.strip() and value.strip()):
+            raise fail(f"{flag} {item!r}: expected {shape}")
+        pairs[key] = value
+    return pairs
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -171,11 +211,8 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
     """Load and filter questions for a command; bad input exits with the located error."""
     from medjp_agent.data import DataError, load_dataset, select
 
-    malformed = next((c for c in columns or [] if "=" not in c), None)
-    if malformed is not None:
-        raise fail(f"--column expects FIELD=COLUMN, got {malformed!r}")
+    mapping = key_values("--column", columns or [], "FIELD=COLUMN")
     try:
-        mapping = dict(c.split("=", 1) for c in columns or [])
         dataset = load_dataset(data, columns=mapping or None, lenient=lenient)
     except (DataError, ValueError) as e:
         raise fail(str(e)) from None

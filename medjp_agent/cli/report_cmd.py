@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
-from .options import console, err_console, fail
+from .options import console, err_console, fail, writable_file, writable_folder
 
 if TYPE_CHECKING:
     from medjp_agent.report import Report
@@ -30,12 +30,12 @@ def register(app: typer.Typer) -> None:
         n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 10_000,
         seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap.")] = 0,
         md: Annotated[bool, typer.Option("--md", help="Print the tables as Markdown instead of rich tables.")] = False,
-        html_out: Annotated[Path | None, typer.Option("--html", help="Write one self-contained HTML report (tables and embedded plots).")] = None,
+        html_out: Annotated[Path | None, typer.Option("--html", callback=writable_file, help="Write one self-contained HTML report (tables and embedded plots).")] = None,
         plots: Annotated[bool, typer.Option("--plots", help=f"Write the plots as PNG files (into {DEFAULT_PLOTS}/ unless --plots-dir).")] = False,
-        plots_dir: Annotated[Path | None, typer.Option(help="Folder for the PNG plots (implies --plots).", show_default=False)] = None,
+        plots_dir: Annotated[Path | None, typer.Option(callback=writable_folder, help="Folder for the PNG plots (implies --plots).", show_default=False)] = None,
         show: Annotated[str | None, typer.Option(metavar="QID", help="Print one question of RUN whole: the exact prompt (kept by --log-prompts), the raw completion, the parsed answer and why.", show_default=False)] = None,
-        csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one row per run (raw numbers, verdicts, comparison) as CSV.")] = None,
-        json_out: Annotated[Path | None, typer.Option("--json", help="Write the whole report as JSON.")] = None,
+        csv_out: Annotated[Path | None, typer.Option("--csv", callback=writable_file, help="Write one row per run (raw numbers, verdicts, comparison) as CSV.")] = None,
+        json_out: Annotated[Path | None, typer.Option("--json", callback=writable_file, help="Write the whole report as JSON.")] = None,
     ) -> None:
         """Compare runs: accuracy, Δ vs a baseline with CI and Holm-adjusted exact McNemar, NMLE verdicts per year.
 

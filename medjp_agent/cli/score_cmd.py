@@ -7,12 +7,15 @@ from typing import Annotated
 
 import typer
 
-from .options import DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions
-from .options import writable_dir
+from .options import (
+    DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions, reports_errors,
+    writable_dir,
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("score")
+    @reports_errors
     def score(
         predictions: Annotated[Path, typer.Option(help="A prediction JSONL file or a folder searched recursively.")],
         data: DataOpt = "sample",

@@ -19,7 +19,7 @@ import typer
 
 from medjp_agent.training.config import TrainConfig, TrainConfigError
 
-from .options import console, fail
+from .options import console, fail, key_values
 
 train_app = typer.Typer(rich_markup_mode="rich")
 
@@ -56,11 +56,7 @@ def _config_value(name: str, value: Any) -> Any:
     """A flag's value as the config field wants it (repeated flags -> tuple, KEY=VALUE flags -> dict)."""
     origin = get_origin(_HINTS[name])
     if origin is dict:
-        pairs = [item.split("=", 1) for item in value]
-        bad = [item for item, pair in zip(value, pairs) if len(pair) != 2]
-        if bad:
-            raise fail(f"{_flag(name)} {bad[0]!r}: expected KEY=VALUE")
-        return dict(pairs)
+        return key_values(_flag(name), value)
     return tuple(value) if origin is tuple else value
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
+
+from medjp_agent.errors import ConfigError
 
 from .fingerprint import fingerprint
 
@@ -35,7 +38,26 @@ def parse_adapters(specs: Sequence[str]) -> list[AdapterSpec]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"two adapters are named {duplicates[0]!r}; name them explicitly with NAME=PATH")
+    for adapter in parsed:
+        check_adapter_folder(adapter.source)
     return parsed
+
+
+def check_adapter_folder(source: str) -> None:
+    """Refuse a local adapter folder whose config PEFT cannot read, naming the file; PEFT's own error is a bare
+    ``KeyError: 'peft_type'``. Hub ids and missing folders are left to PEFT, which says those clearly."""
+    from .model_path import ADAPTER_CONFIG
+
+    config = Path(source).expanduser() / ADAPTER_CONFIG
+    if not config.is_file():
+        return
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--adapter {source}: cannot read {config}: {e}") from None
+    if not isinstance(raw, dict) or not raw.get("peft_type"):
+        raise ConfigError(f"--adapter {source}: {config} has no \"peft_type\" (a LoRA adapter's is \"LORA\"); "
+                          "is this a PEFT adapter folder?")
 
 
 def attach_adapters(model: Any, adapters: Sequence[AdapterSpec]) -> tuple[Any, dict[str, str]]:
