@@ -63,7 +63,7 @@ def test_output_files(run_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--by", "model"], "--by must be one of"),
+    (["--by", "model"], "Invalid value for '--by': 'model' is not one of year, section"),
     (["--category", "循環器"], "give --diff too"),
     (["--baseline", "/nonexistent/run"], "not a run folder"),
 ])

@@ -158,6 +158,8 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     (["optimize", "--optimizer", "bootstrap", "--auto", "huge"], "--auto must be light, medium or heavy, got 'huge'"),
     (["report", "--seed", "-1", "a", "b"], "Invalid value for '--seed'"),
     (["demo", "--n-trials", "0"], "Invalid value for '--n-trials'"),  # before the demo trains anything
+    (["eval", "--by", "foo"], "Invalid value for '--by': 'foo' is not one of year, section, category, qtype"),
+    (["score", "--predictions", "p.jsonl", "--by", "foo"], "Invalid value for '--by'"),
 ])
 def test_out_of_range_settings_stop_before_any_work(tmp_path, args, message):
     out = tmp_path / "run"
@@ -180,3 +182,13 @@ def test_settings_objects_check_their_ranges_from_python_too():
         with pytest.raises(ConfigError, match=message):
             make()
     assert SearchSettings(seed=2**32 - 1).seed == 2**32 - 1 and Budget(n_trials=0).n_trials == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--section", "S-A", "--section", "Zz"], "no question in sample has --section 'Zz' (present: A, B, S-A, S-B)"),
+    (["--qtype", "single", "--qtype", "singel"], "--qtype 'singel' (present: multi, numeric, single)"),
+    (["--year", "2099", "--n-choices", "9"], "--year 2099 (present: 2025); --n-choices 9"),
+])
+def test_a_filter_value_no_question_has_is_named_even_beside_valid_ones(tmp_path, args, message):
+    res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and message in " ".join(res.output.split())

@@ -10,7 +10,7 @@ import typer
 from medjp_agent.lm.options import LMOptions
 
 from .options import (
-    DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options, with_lm_options,
+    ByOpt, DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options, with_lm_options,
 )
 
 from .options import writable_dir
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         format: FormatOpt = DEFAULT_FORMAT,
         out: Annotated[Path | None, typer.Option(callback=writable_dir, help="Run folder (default runs/<model>__<format>__<time>). Re-running with the same --out resumes it.")] = None,
         threads: Annotated[int, typer.Option(min=1, help="Questions in flight at once; the backend batches them.")] = 16,
-        by: Annotated[str, typer.Option(help="Group the final table by year, section, category or qtype.")] = "year",
+        by: ByOpt = "year",
         log_prompts: LogPromptsOpt = False,
         *,
         selection: dict,

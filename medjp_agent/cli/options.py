@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, get_args, get_type_hints
 
 import typer
 from rich.console import Console
@@ -97,6 +97,15 @@ QTypeOpt = Annotated[list[str] | None, typer.Option("--qtype", help="single, mul
 ChoicesOpt = Annotated[list[int] | None, typer.Option("--n-choices", min=0, help="Keep questions with this many choices (repeatable).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N selected questions.")]
 LenientOpt = Annotated[bool, typer.Option("--lenient", help="Skip bad input records with a counted warning instead of stopping.")]
+def _group_by(value: str) -> str:
+    from medjp_agent.scoring.aggregate import GroupBy
+
+    if value not in get_args(GroupBy):
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(get_args(GroupBy))}")
+    return value
+
+
+ByOpt = Annotated[str, typer.Option("--by", callback=_group_by, help="Group the table by year, section, category or qtype.")]
 ColumnsOpt = Annotated[list[str] | None, typer.Option("--column", help="FIELD=COLUMN mapping for a generic JSONL/CSV file (repeatable).")]
 LogPromptsOpt = Annotated[bool, typer.Option("--log-prompts", help="Keep each question's exact prompt in results.jsonl (see it with `medjp report --show QID RUN`).")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="A named selection: harness (the paper harness's questions: text-only, 5 choices, at most 1,024 characters).")]
@@ -210,6 +219,7 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
                    limit: int | None = None, preset: str | None = None) -> tuple[Any, list[Any], dict[str, Any]]:
     """Load and filter questions for a command; bad input exits with the located error."""
     from medjp_agent.data import DataError, load_dataset, select
+    from medjp_agent.data.select import unmatched
 
     mapping = key_values("--column", columns or [], "FIELD=COLUMN")
     try:
@@ -217,6 +227,10 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
     except (DataError, ValueError) as e:
         raise fail(str(e)) from None
     _print_load_warnings(dataset)
+    missing = unmatched(list(dataset), years=years or (), sections=sections or (), qtypes=qtypes or (),
+                        n_choices=n_choices or ())
+    if missing:
+        raise fail(f"no question in {data} has {'; '.join(missing)}")
     filters = {"years": years or [], "sections": sections or [], "text_only": text_only, "qtypes": qtypes or [],
                "n_choices": n_choices or [], "limit": limit, **({"preset": preset} if preset else {})}
     questions = select(dataset, years=years, sections=sections, text_only=True if text_only else None,

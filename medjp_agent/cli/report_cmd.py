@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, get_args
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .options import console, err_console, fail, writable_file, writable_folder
+from .options import ByOpt, console, err_console, fail, writable_file, writable_folder
 
 if TYPE_CHECKING:
     from medjp_agent.report import Report
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     def report(
         runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders written by eval, score, search or optimize.", show_default=False)],
         baseline: Annotated[Path | None, typer.Option(help="The run every other run is compared with (default: the first RUN); shown first if not among them.")] = None,
-        by: Annotated[str, typer.Option(help="Accuracy table grouped by year, section, category or qtype.")] = "year",
+        by: ByOpt = "year",
         diff: Annotated[tuple[Path, Path] | None, typer.Option(help="Questions that flip between two runs: --diff RUN_A RUN_B.", show_default=False)] = None,
         category: Annotated[list[str] | None, typer.Option(help="Only flips in this category, e.g. 循環器 (repeatable; needs --diff).")] = None,
         flips: Annotated[int, typer.Option(min=0, help="Most flips in the terminal and Markdown tables, 0 for all (the HTML page shows all).")] = 30,
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
         if show is not None:
             return _show(show, runs)
-        _check_flags(runs, by=by, category=category, diff=diff, plots=plots and plots_dir is None)
+        _check_flags(runs, category=category, diff=diff, plots=plots and plots_dir is None)
         try:
             loaded, searches = load_run_dirs(runs)
             base = read_run(baseline) if baseline is not None else None
@@ -71,11 +71,7 @@ def register(app: typer.Typer) -> None:
                 err_console.print(f"{view.run}: {dashboard_hint(view.storage)}", highlight=False, soft_wrap=True)
 
 
-def _check_flags(runs: list[Path], *, by: str, category: list[str] | None, diff: object, plots: bool) -> None:
-    from medjp_agent.scoring.aggregate import GroupBy
-
-    if by not in get_args(GroupBy):
-        raise fail(f"--by must be one of {', '.join(get_args(GroupBy))}, got {by!r}")
+def _check_flags(runs: list[Path], *, category: list[str] | None, diff: object, plots: bool) -> None:
     missing = next((r for r in runs if not r.exists()), None)
     if missing is not None and plots:
         # `--plots DIR`, the old form, reads DIR as a run folder.

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .options import (
-    DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions, reports_errors,
+    ByOpt, DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions, reports_errors,
     writable_dir,
 )
 
@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         section: SectionsOpt = None,
         text_only: TextOnlyOpt = False,
         lenient: LenientOpt = False,
-        by: Annotated[str, typer.Option(help="Group the table by year, section, category or qtype.")] = "year",
+        by: ByOpt = "year",
     ) -> None:
         """Score prediction files against the gold answers, as IgakuQA's evaluation does."""
         from medjp_agent.baseline import PARSE_MODES, read_predictions, score_predictions

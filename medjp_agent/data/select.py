@@ -34,6 +34,20 @@ def select(
     return [q for q in questions if keep(q)]
 
 
+def unmatched(questions: Sequence[Question], *, years: Sequence[int] = (), sections: Sequence[str] = (),
+              qtypes: Sequence[str] = (), n_choices: Sequence[int] = ()) -> list[str]:
+    """Filter values no question has, each as ``--flag value (present: ...)``: a typo given next to a valid value
+    would otherwise just select nothing more, silently."""
+    present: dict[str, tuple[Sequence[Any], set[Any]]] = {
+        "--year": (years, {q.year for q in questions}),
+        "--section": (sections, {q.section for q in questions} | {q.section.rsplit("-", 1)[-1] for q in questions}),
+        "--qtype": (qtypes, {q.qtype for q in questions}),
+        "--n-choices": (n_choices, {len(q.choices) for q in questions}),
+    }
+    return [f"{flag} {value!r} (present: {', '.join(map(str, sorted(values)))})"
+            for flag, (wanted, values) in present.items() for value in wanted if value not in values]
+
+
 #: Named selections. ``harness``: the paper harness's question set (``eval_bench.py``): text-only questions with five
 #: choices whose text is at most 1,024 characters.
 PRESETS: dict[str, dict[str, Any]] = {"harness": {"text_only": True, "n_choices": (5,), "max_chars": 1024}}
