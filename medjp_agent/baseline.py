@@ -33,6 +33,9 @@ def read_predictions(path: str | Path, system: str | None = None) -> Predictions
     if not root.exists():
         raise DataError(root, None, None, "no such file or directory")
     suffix = f"_{system}.jsonl" if system else ".jsonl"
+    if root.is_file() and system and not root.name.endswith(suffix):
+        # The run would be labelled with the system while scoring another's answers.
+        raise DataError(root, None, None, f"--system {system} keeps IgakuQA's *{suffix} files, and this is not one")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*.jsonl") if p.name.endswith(suffix))
     if not files:
         raise DataError(root, None, None, f"no prediction files matching *{suffix}")

@@ -249,6 +249,13 @@ class RunWriter:
     def results(self) -> list[QuestionResult]:
         return list(self._results.values())
 
+    def restart(self) -> None:
+        """Forget the results the folder holds, for a run recomputed whole each time (scoring prediction files, which
+        may have changed since)."""
+        with self._lock:
+            self._results.clear()
+            replace_text(self.dir / RESULTS, "")
+
     def write(self, result: QuestionResult) -> None:
         line = json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
         with self._lock:

@@ -156,6 +156,27 @@ def test_score_reports_missing_and_duplicate_predictions(tmp_path):
     assert res.exit_code == 2 and "duplicate prediction for 'SA1'" in res.output
 
 
+def test_scoring_again_into_the_same_folder_scores_the_files_as_they_are_now(tmp_path):
+    preds = tmp_path / "a_sys.jsonl"
+    gold = {q.id: ",".join(q.answers) for q in load_dataset("sample").questions}
+    preds.write_text(json.dumps({"problem_id": "SA1", "prediction": gold["SA1"]}) + "\n")
+    args = ["score", "--predictions", str(preds), "--system", "sys", "--out", str(tmp_path / "r")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert read_run(tmp_path / "r").summary.overall["correct"] == 1
+    preds.write_text("".join(json.dumps({"problem_id": qid, "prediction": answer}) + "\n" for qid, answer in gold.items()))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = read_run(tmp_path / "r")
+    assert run.summary.overall["correct"] == len(gold) and len(run.results) == len(gold)
+
+
+def test_system_given_with_one_file_of_another_system_is_refused(tmp_path):
+    preds = tmp_path / "x_gpt4.jsonl"
+    preds.write_text(json.dumps({"problem_id": "SA1", "prediction": "a"}) + "\n")
+    res = runner.invoke(app, ["score", "--predictions", str(preds), "--system", "chatgpt"])
+    assert res.exit_code == 2 and "--system chatgpt keeps IgakuQA's *_chatgpt.jsonl files" in " ".join(res.output.split())
+
+
 def test_help_imports_no_heavy_libraries():
     code = ("import sys; from medjp_agent.cli import app; from typer.testing import CliRunner; "
             "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         predictions: Annotated[Path, typer.Option(help="A prediction JSONL file or a folder searched recursively.")],
         data: DataOpt = "sample",
         system: Annotated[str | None, typer.Option(help="Only IgakuQA's *_<SYSTEM>.jsonl files, e.g. gpt4, chatgpt.")] = None,
-        out: Annotated[Path | None, typer.Option(callback=writable_dir, help="Write a run folder, the same files as `medjp eval`.")] = None,
+        out: Annotated[Path | None, typer.Option(callback=writable_dir, help="Write a run folder, the same files as `medjp eval` (scoring again into it scores the files as they are then).")] = None,
         parse: Annotated[str, typer.Option(help="strict: IgakuQA's own comma-split rule (reproduces its scores); lenient: medjp's answer extractor; harness-exact / harness-gestalt: the paper harness's exact and gestalt matching of the response's first line against the choice texts. Every mode's score is printed next to it.")] = "strict",
         year: YearsOpt = None,
         section: SectionsOpt = None,
@@ -60,9 +60,9 @@ def register(app: typer.Typer) -> None:
                                           extra={"predictions": str(predictions), "parse": parse})
             with holding(out):
                 writer = RunWriter(out, manifest)
+                writer.restart()
                 for r in results:
-                    if r.id not in writer.done_ids:
-                        writer.write(r)
+                    writer.write(r)
                 summary = writer.finalize(n_expected=len(questions), missing=missing, unmatched=extra)
         else:
             summary = RunSummary.from_results(results)
