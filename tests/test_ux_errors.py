@@ -192,3 +192,14 @@ def test_settings_objects_check_their_ranges_from_python_too():
 def test_a_filter_value_no_question_has_is_named_even_beside_valid_ones(tmp_path, args, message):
     res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and message in " ".join(res.output.split())
+
+
+def test_column_mappings_are_asked_for_where_they_apply(tmp_path):
+    table = tmp_path / "q.csv"
+    table.write_text("question,a,b,answer\nq1,x,y,a\n", encoding="utf-8")
+    for args, message in [(["--data", str(table)], "q.csv: a CSV file needs FIELD=COLUMN column mappings (fields: id,"),
+                          (["--column", "text=question"], "sample: is the bundled exam, but column mappings need"),
+                          (["--data", str(table), "--column", "text=question", "--column", "text=a"],
+                           "--column 'text=a': text is already mapped to 'question'")]:
+        res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "run")])
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)

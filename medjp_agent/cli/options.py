@@ -176,6 +176,8 @@ def key_values(flag: str, items: list[str], shape: str = "KEY=VALUE") -> dict[st
         key, sep, value = item.partition("=")
         if not (sep and key.strip() and value.strip()):
             raise fail(f"{flag} {item!r}: expected {shape}")
+        if key in pairs:
+            raise fail(f"{flag} {item!r}: {key} is already mapped to {pairs[key]!r}")
         pairs[key] = value
     return pairs
 

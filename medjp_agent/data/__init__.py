@@ -30,6 +30,9 @@ def load_dataset(path: str | Path = SAMPLE, *, columns: Mapping[str, str] | None
     - a ``.jsonl`` file: IgakuQA rows if they carry ``problem_id``, otherwise USMLE-JP/MedQA rows.
     """
     if str(path) == SAMPLE:
+        if columns:
+            raise DataError(Path(SAMPLE), None, None, "is the bundled exam, but column mappings need a JSONL or CSV "
+                                                      "file given with --data")
         return load_igakuqa(SAMPLE_DIR, lenient=lenient)
     p = Path(path)
     if not p.exists():
@@ -40,6 +43,9 @@ def load_dataset(path: str | Path = SAMPLE, *, columns: Mapping[str, str] | None
         return load_igakuqa(p, lenient=lenient)
     if columns:
         return load_table(p, columns, lenient=lenient)
+    if p.suffix.lower() == ".csv":
+        raise DataError(p, None, None, "a CSV file needs FIELD=COLUMN column mappings (fields: "
+                                       f"{', '.join(TABLE_FIELDS)})")
     first = next((line for _, line in read_lines(p, Collector(lenient)) if line.strip()), "")
     if '"problem_id"' in first:
         return load_igakuqa(p, lenient=lenient)
