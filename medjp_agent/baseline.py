@@ -50,6 +50,8 @@ def read_predictions(path: str | Path, system: str | None = None) -> Predictions
                 raise DataError(file, lineno, "problem_id",
                                 f"duplicate prediction for {obj['problem_id']!r} (first at {out[obj['problem_id']][1]})")
             out[obj["problem_id"]] = (obj["prediction"], where)
+    if not out:  # scored, every question would count as a wrong answer
+        raise DataError(root, None, None, "holds no predictions")
     return Predictions(out, tuple(map(str, files)))
 
 

@@ -170,6 +170,12 @@ def test_scoring_again_into_the_same_folder_scores_the_files_as_they_are_now(tmp
     assert run.summary.overall["correct"] == len(gold) and len(run.results) == len(gold)
 
 
+def test_an_empty_prediction_file_is_refused(tmp_path):
+    (tmp_path / "a_sys.jsonl").write_text("\n")
+    res = runner.invoke(app, ["score", "--predictions", str(tmp_path / "a_sys.jsonl")])
+    assert res.exit_code == 2 and "a_sys.jsonl: holds no predictions" in " ".join(res.output.split())
+
+
 def test_system_given_with_one_file_of_another_system_is_refused(tmp_path):
     preds = tmp_path / "x_gpt4.jsonl"
     preds.write_text(json.dumps({"problem_id": "SA1", "prediction": "a"}) + "\n")

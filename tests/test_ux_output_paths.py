@@ -141,3 +141,11 @@ def test_adapter_config_without_peft_type_names_the_file(tmp_path):
                               "--out", str(tmp_path / "r")])
     refused(res, f"error: --adapter {tmp_path / 'lora'}: {tmp_path / 'lora' / 'adapter_config.json'} has no "
                  '"peft_type"')
+
+
+def test_adapter_folder_without_weights_says_so(tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
+    res = runner.invoke(app, ["eval", "--adapter", str(tmp_path / "lora"), "--limit", "1",
+                              "--out", str(tmp_path / "r")])
+    refused(res, f"error: --adapter {tmp_path / 'lora'}: no adapter weights (adapter_model.safetensors)")

@@ -58,6 +58,9 @@ def check_adapter_folder(source: str) -> None:
     if not isinstance(raw, dict) or not raw.get("peft_type"):
         raise ConfigError(f"--adapter {source}: {config} has no \"peft_type\" (a LoRA adapter's is \"LORA\"); "
                           "is this a PEFT adapter folder?")
+    # PEFT, finding no weights here, looks for them on the hub under the folder's path and says it is no repo id.
+    if not any(config.parent.glob("adapter_model.*")):
+        raise ConfigError(f"--adapter {source}: no adapter weights (adapter_model.safetensors) next to {config.name}")
 
 
 def attach_adapters(model: Any, adapters: Sequence[AdapterSpec]) -> tuple[Any, dict[str, str]]:
