@@ -203,3 +203,9 @@ def test_column_mappings_are_asked_for_where_they_apply(tmp_path):
                            "--column 'text=a': text is already mapped to 'question'")]:
         res = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "run")])
         assert res.exit_code == 2 and message in " ".join(res.output.split()), (args, res.output)
+
+
+def test_a_space_with_nothing_to_search_is_refused(tmp_path):
+    (tmp_path / "s.yaml").write_text("axes: {shots: [1]}\n", encoding="utf-8")
+    res = runner.invoke(app, ["search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "no axis has two or more values" in " ".join(res.output.split())

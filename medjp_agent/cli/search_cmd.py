@@ -45,11 +45,15 @@ def _splits(questions: list[Any], split: str | tuple[float, ...], split_seed: in
 
 
 def _space(path: Path | None, base: str) -> Any:
-    from medjp_agent.errors import user_input
+    from medjp_agent.errors import ConfigError, user_input
     from medjp_agent.optimizers import FormatSpace, load_space
 
     with user_input("--space/--base"):
-        return load_space(path) if path else FormatSpace.default(base)
+        space = load_space(path) if path else FormatSpace.default(base)
+    if not space.axes:
+        raise ConfigError(f"--space {path}: no axis has two or more values, so there is nothing to search; "
+                          "`medjp eval --format` runs one format")
+    return space
 
 
 def _storage_url(out: Path) -> str:
