@@ -157,6 +157,7 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     (["optimize", "--optimizer", "bootstrap", "--max-demos", "-1"], "--max-demos must not be negative, got -1"),
     (["optimize", "--optimizer", "bootstrap", "--auto", "huge"], "--auto must be light, medium or heavy, got 'huge'"),
     (["report", "--seed", "-1", "a", "b"], "Invalid value for '--seed'"),
+    (["report", "--n-boot", "1", "a", "b"], "Invalid value for '--n-boot'"),
     (["demo", "--n-trials", "0"], "Invalid value for '--n-trials'"),  # before the demo trains anything
     (["eval", "--by", "foo"], "Invalid value for '--by': 'foo' is not one of year, section, category, qtype"),
     (["score", "--predictions", "p.jsonl", "--by", "foo"], "Invalid value for '--by'"),

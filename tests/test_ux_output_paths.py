@@ -60,7 +60,7 @@ def test_unwritable_report_outputs_are_refused_naming_the_flag(runs, tmp_path, n
 
 def test_report_outputs_get_their_missing_folders(runs, tmp_path):
     json_out, csv_out = tmp_path / "nodir" / "sub" / "r.json", tmp_path / "other-dir" / "r.csv"
-    res = runner.invoke(app, ["report", *runs, "--json", str(json_out), "--csv", str(csv_out), "--n-boot", "50"])
+    res = runner.invoke(app, ["report", *runs, "--json", str(json_out), "--csv", str(csv_out), "--n-boot", "100"])
     assert res.exit_code == 0, res.output
     assert json.loads(json_out.read_text(encoding="utf-8"))["runs"] and csv_out.read_text(encoding="utf-8")
 

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         flips: Annotated[int, typer.Option(min=0, help="Most flips in the terminal and Markdown tables, 0 for all (the HTML page shows all).")] = 30,
         alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Family-wise error rate for the Holm-adjusted McNemar tests.")] = 0.05,
         confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Coverage of the paired bootstrap CI.")] = 0.95,
-        n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 10_000,
+        n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples (at least 100: fewer give no usable interval).")] = 10_000,
         seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap.")] = 0,
         md: Annotated[bool, typer.Option("--md", help="Print the tables as Markdown instead of rich tables.")] = False,
         html_out: Annotated[Path | None, typer.Option("--html", callback=writable_file, help="Write one self-contained HTML report (tables and embedded plots).")] = None,
