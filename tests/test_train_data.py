@@ -116,3 +116,15 @@ def test_only_completion_tokens_carry_loss(tiny_model: Path, tmp_path: Path, fmt
         real = batch["attention_mask"][i].bool()
         assert tokenizer.decode(ids[learnt]) == completion
         assert tokenizer.decode(ids[real & ~learnt]) == prompt
+
+
+def test_explanation_target_without_any_explanation_is_refused(tmp_path: Path):
+    from medjp_agent.training.config import TrainConfigError
+
+    table = tmp_path / "q.csv"
+    table.write_text("question,a,b,answer\nq1,x,y,a\nq2,u,v,b\n", encoding="utf-8")
+    cfg = TrainConfig(data=str(table), columns={"text": "question", "choices": "a,b", "answers": "answer"},
+                      validation_fraction=0.0)
+    with pytest.raises(TrainConfigError, match="TrainConfig.target: 'explanation', but no question of .*q.csv has one"):
+        build_training_data(cfg, load_training_questions(cfg))
+    assert len(build_training_data(cfg.replace(target="answer"), load_training_questions(cfg)).train) == 2

@@ -107,6 +107,9 @@ def build_training_data(cfg: TrainConfig, questions: Dataset) -> TrainingData:
     """Split ``questions`` (by a hash of each id) and render both parts in ``cfg``'s format, once per shots value
     (the split comes first, so every rendering of a question stays on its side)."""
     fmt = cfg.prompt_format()
+    if cfg.target == "explanation" and not any(q.explanation.strip() for q in questions.questions):
+        raise TrainConfigError("target", f"'explanation', but no question of {questions.source} has one: train "
+                                         "with target 'answer', or map an explanation column")
     if cfg.validation_fraction:
         train_qs, validation_qs = split(questions.questions, [1 - cfg.validation_fraction, cfg.validation_fraction],
                                         seed=cfg.split_seed)
