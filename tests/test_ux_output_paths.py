@@ -78,10 +78,10 @@ def no_model(monkeypatch):
     """train --out must be checked before a model loads."""
     from medjp_agent.training import trainer
 
-    def loaded(cfg):
-        raise AssertionError("the base model was resolved before --out was checked")
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr(trainer, "_base_model", loaded)
+    monkeypatch.setattr(trainer, "build_trainer", loaded)
 
 
 @pytest.mark.parametrize("out, reason", [

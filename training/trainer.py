@@ -96,11 +96,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
         notes += changes
     for note in notes:
         console.print(f"[yellow]{note}[/]", highlight=False)
-    # Here, not in TrainConfig: proving a folder writable creates it, which building a config must not do.
-    if reason := folder_write_error(Path(cfg.out)):
-        raise TrainConfigError("out", f"{cfg.out}: cannot write a run folder here ({reason})")
     model_path = _base_model(cfg)
     refuse_pickle_weights(model_path, "base model")
+    # Here, not in TrainConfig: proving a folder writable creates it, which building a config must not do (nor a
+    # refusal above); still before the model loads.
+    if reason := folder_write_error(Path(cfg.out)):
+        raise TrainConfigError("out", f"{cfg.out}: cannot write a run folder here ({reason})")
     questions = load_training_questions(cfg)
     contamination = _contamination(cfg, questions, console)
     data = build_training_data(cfg, questions)
