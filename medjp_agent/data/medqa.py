@@ -27,7 +27,13 @@ def _answer_index(obj: dict[str, Any], choices: tuple[str, ...], keys: list[str]
         key = str(obj["answer_idx"]).strip()
         if key not in keys:
             raise DataError(path, line, "answer_idx", f"{key[:80]!r} is not an option key ({', '.join(keys)})")
-        return keys.index(key)
+        index = keys.index(key)
+        # An answer text that is another option's, word for word, leaves the gold answer in doubt (one that is no
+        # option's text is left alone: translated sets word the answer and the options apart).
+        if obj.get("answer") in choices and choices.index(obj["answer"]) != index:
+            raise DataError(path, line, "answer", f"is option {keys[choices.index(obj['answer'])]}'s text, but "
+                                                  f"answer_idx is {key}")
+        return index
     if "answer" in obj:
         if obj["answer"] not in choices:
             raise DataError(path, line, "answer", f"{str(obj['answer'])[:80]!r} is not the text of any option")
