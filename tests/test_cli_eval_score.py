@@ -170,6 +170,16 @@ def test_scoring_again_into_the_same_folder_scores_the_files_as_they_are_now(tmp
     assert run.summary.overall["correct"] == len(gold) and len(run.results) == len(gold)
 
 
+def test_score_reads_a_csv_exam_through_column_mappings(tmp_path):
+    (tmp_path / "exam.csv").write_text("id,stem,A,B,gold\nq1,Q one,x,y,a\nq2,Q two,u,v,b\n", encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text('{"problem_id":"q1","prediction":"a"}\n{"problem_id":"q2","prediction":"a"}\n')
+    res = runner.invoke(app, ["score", "--data", str(tmp_path / "exam.csv"), "--predictions", str(tmp_path / "p.jsonl"),
+                              "--column", "id=id", "--column", "text=stem", "--column", "choices=A,B",
+                              "--column", "answers=gold", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert read_run(tmp_path / "r").summary.overall["correct"] == 1
+
+
 def test_an_empty_prediction_file_is_refused(tmp_path):
     (tmp_path / "a_sys.jsonl").write_text("\n")
     res = runner.invoke(app, ["score", "--predictions", str(tmp_path / "a_sys.jsonl")])

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .options import (
-    ByOpt, DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions, reports_errors,
+    ByOpt, ColumnsOpt, DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions, reports_errors,
     writable_dir,
 )
 
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         section: SectionsOpt = None,
         text_only: TextOnlyOpt = False,
         lenient: LenientOpt = False,
+        column: ColumnsOpt = None,
         by: ByOpt = "year",
     ) -> None:
         """Score prediction files against the gold answers, as IgakuQA's evaluation does."""
@@ -37,8 +38,8 @@ def register(app: typer.Typer) -> None:
 
         if parse not in PARSE_MODES:
             raise fail(f"--parse must be one of {', '.join(PARSE_MODES)}, got {parse!r}")
-        dataset, questions, filters = load_questions(data, lenient=lenient, years=year, sections=section,
-                                                     text_only=text_only)
+        dataset, questions, filters = load_questions(data, columns=column, lenient=lenient, years=year,
+                                                     sections=section, text_only=text_only)
         try:
             preds = read_predictions(predictions, system)
         except DataError as e:
