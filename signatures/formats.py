@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
+from medjp_agent.data.fields import type_problem
 from medjp_agent.data.textfile import read_text
 from medjp_agent.paths import slug_error
 
@@ -91,31 +90,6 @@ DESCRIPTORS: dict[str, dict[str, str]] = {
 ANSWER_WORDS: dict[str, tuple[str, ...]] = {"ja": ("答え", "解答", "正解"), "en": ("answer", "final answer")}
 
 
-#: What a value of each plain field type must be, and how a message names it (worded as TrainConfig's). Format files
-#: give a quoted "false" or 1.7 as readily as the real thing, and Python would take either (a non-empty string is
-#: true, a float passes ``0 <= shots <= 8`` and then cannot slice); ``bool`` is an ``int`` to ``isinstance``.
-_FIELD_TYPES: dict[type, tuple[Callable[[Any], bool], str]] = {
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    float: (lambda v: not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and math.isfinite(v)),
-            "a finite number"),
-    str: (lambda v: isinstance(v, str), "text"),
-}
-
-
-def _type_problem(hint: Any, value: Any) -> str | None:
-    """Why ``value`` cannot be the value of a field annotated ``hint`` (a Literal, a plain type, or ``X | None``)."""
-    options = get_args(hint)
-    if get_origin(hint) is Literal:
-        return None if value in options else f"{value!r} is not one of {', '.join(options)}"
-    if value is None and type(None) in options:
-        return None
-    kinds = [t for t in options or (hint,) if t is not type(None)]
-    if any(_FIELD_TYPES[t][0](value) for t in kinds):
-        return None
-    return f"expected {' or '.join(_FIELD_TYPES[t][1] for t in kinds)}, got {value!r}"
-
-
 @dataclass(frozen=True)
 class PromptFormat:
     """How a question is put to the model and how the answer is read back.
@@ -186,7 +160,7 @@ class PromptFormat:
         hints = get_type_hints(PromptFormat)
         for f in dataclasses.fields(self):
             # Types first: the range and key checks below, and rendering, assume them.
-            if (problem := _type_problem(hints[f.name], getattr(self, f.name))) is not None:
+            if (problem := type_problem(hints[f.name], getattr(self, f.name))) is not None:
                 raise ValueError(f"PromptFormat.{f.name}: {problem}")
         if self.wording not in INSTRUCTIONS[self.language] and self.instruction is None:
             raise ValueError(f"PromptFormat.wording: {self.wording!r} is not one of {', '.join(INSTRUCTIONS[self.language])}")

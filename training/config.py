@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_origin, get_type_hints
 
 import yaml
 
+from medjp_agent.data.fields import type_problem
 from medjp_agent.errors import SEEDS
 
 Target = Literal["explanation", "answer"]
@@ -139,17 +139,11 @@ class TrainConfig:
     def _check_types(self) -> None:
         hints = get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
-            hint, value = hints[f.name], getattr(self, f.name)
-            if get_origin(hint) is Literal and value not in get_args(hint):
-                raise TrainConfigError(f.name, f"{value!r} is not one of {', '.join(get_args(hint))}")
-            if hint in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TrainConfigError(f.name, f"expected a number, got {value!r}")
-            if hint is int and not isinstance(value, int):
-                raise TrainConfigError(f.name, f"expected an integer, got {value!r}")
-            if hint is float and not math.isfinite(value):
-                raise TrainConfigError(f.name, f"expected a finite number, got {value!r}")
-            if hint is bool and not isinstance(value, bool):
-                raise TrainConfigError(f.name, f"expected true or false, got {value!r}")
+            hint = hints[f.name]
+            # Containers (shots, columns, the format mapping) are checked by value below.
+            if get_origin(hint) is Literal or hint in (int, float, bool):
+                if (problem := type_problem(hint, getattr(self, f.name))) is not None:
+                    raise TrainConfigError(f.name, problem)
 
     def _check_values(self) -> None:
         positive_ints = ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "save_steps",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from .errors import DataError
 from .question import LABELS
@@ -144,3 +144,29 @@ def _short(value: Any, limit: int = 80) -> str:
         return f"a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 1] + "…"
+
+
+#: What a value of each plain type of a settings field (PromptFormat's, TrainConfig's) must be, and how a message
+#: names it. YAML files give a quoted "false" or 1.7 as readily as the real thing, and Python would take either (a
+#: non-empty string is true, a float passes ``0 <= shots <= 8`` and then cannot slice); ``bool`` is an ``int`` to
+#: ``isinstance``.
+_FIELD_TYPES: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and math.isfinite(v)),
+            "a finite number"),
+    str: (lambda v: isinstance(v, str), "text"),
+}
+
+
+def type_problem(hint: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be the value of a field annotated ``hint`` (a Literal, a plain type, or ``X | None``)."""
+    options = get_args(hint)
+    if get_origin(hint) is Literal:
+        return None if value in options else f"{value!r} is not one of {', '.join(options)}"
+    if value is None and type(None) in options:
+        return None
+    kinds = [t for t in options or (hint,) if t is not type(None)]
+    if any(_FIELD_TYPES[t][0](value) for t in kinds):
+        return None
+    return f"expected {' or '.join(_FIELD_TYPES[t][1] for t in kinds)}, got {value!r}"
