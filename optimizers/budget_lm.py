@@ -18,6 +18,7 @@ import dspy
 
 from medjp_agent.errors import PROGRAMMING_ERRORS, LMError
 from medjp_agent.lm import describe_lm
+from medjp_agent.lm.errors import NotRun
 
 
 class LMBudgetSpent(LMError):
@@ -49,6 +50,18 @@ class CallAllowance:
             self.used += 1
 
     @contextmanager
+    def call(self) -> Iterator[None]:
+        """One call: taken from the allowance, and given back when the LM could not answer it (:class:`NotRun`: a
+        prompt longer than the context, ...), which the run's call count leaves out too."""
+        self.take()
+        try:
+            yield
+        except NotRun:
+            with self._lock:
+                self.used -= 1
+            raise
+
+    @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Run a phase (``name`` goes into the message); raises :class:`LMBudgetSpent` when a call was refused in
         it, even when the code it ran swallowed the refusal or wrapped it in an error of its own."""
@@ -78,13 +91,13 @@ class BudgetLM(dspy.BaseLM):
         self.lm, self.allowance = lm, allowance
 
     def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
-        self.allowance.take()
-        return self.lm.forward(prompt=prompt, messages=messages, **{**self._changed(), **kwargs})
+        with self.allowance.call():
+            return self.lm.forward(prompt=prompt, messages=messages, **{**self._changed(), **kwargs})
 
     async def aforward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None,
                        **kwargs: Any):
-        self.allowance.take()
-        return await self.lm.aforward(prompt=prompt, messages=messages, **{**self._changed(), **kwargs})
+        with self.allowance.call():
+            return await self.lm.aforward(prompt=prompt, messages=messages, **{**self._changed(), **kwargs})
 
     def _changed(self) -> dict[str, Any]:
         return {k: v for k, v in self.kwargs.items() if k not in self.lm.kwargs or self.lm.kwargs[k] != v}

@@ -73,3 +73,18 @@ def test_a_copy_with_other_defaults_passes_them_to_the_wrapped_lm():
     hot = BudgetLM(inner, allowance).copy(temperature=1.0)
     assert hot("question") == ["答え：a"] and inner.calls[0]["kwargs"]["temperature"] == 1.0
     assert hot.describe() == inner.describe() and allowance.used == 1
+
+
+def test_a_call_the_lm_could_not_answer_is_given_back():
+    from medjp_agent.lm.errors import NotRun
+
+    class TooLong(ScriptedLM):
+        def forward(self, prompt=None, messages=None, **kwargs):
+            raise NotRun("prompt too long")
+
+    allowance = CallAllowance(1)
+    with pytest.raises(NotRun):
+        BudgetLM(TooLong("a"), allowance)(messages=[{"role": "user", "content": "q"}])
+    assert allowance.used == 0  # as the run's call count, which counts answered calls only
+    BudgetLM(ScriptedLM("a"), allowance)(messages=[{"role": "user", "content": "q"}])
+    assert allowance.used == 1
