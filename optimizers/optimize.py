@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 from rich.console import Console
 
-from medjp_agent.errors import ConfigError, check_settings
+from medjp_agent.errors import ConfigError, LMError, check_settings
 from medjp_agent.evaluate import CallMeter, counting_calls
 from medjp_agent.lm import describe_lm, generation_settings
+from medjp_agent.lm.errors import NotRun
 from medjp_agent.paths import inside
 from medjp_agent.results import RunManifest, RunWriter
 from medjp_agent.runs import EvalConfig, RunInfo, run_eval
@@ -130,10 +132,31 @@ def run_optimize(config: OptimizeConfig) -> OptimizeResult:
             _optimize(config, done, allowance, meter)
     except LMBudgetSpent as e:
         done.stopped = str(e)
+    except CompileFailed as e:
+        done.stopped = str(e)
+        _finish(config, done, meter, writer)
+        raise
+    return _finish(config, done, meter, writer)
+
+
+def _finish(config: OptimizeConfig, done: "_Done", meter: CallMeter, writer: RunWriter) -> OptimizeResult:
     result = OptimizeResult(config.optimizer, done.chosen, done.dev_accuracy, done.test, done.compile_s,
                             tuple(done.resumed), lm_calls=meter.calls, stopped=done.stopped)
     writer.finalize(optimize=result.to_dict())
     return result
+
+
+class CompileFailed(LMError):
+    """An optimizer's own prompts (instruction proposals, reflections) got no usable reply: longer than the model's
+    context, or not in the structured form DSPy asks for. What finished is recorded."""
+
+    def __init__(self, config: OptimizeConfig, fmt: str, cause: Exception):
+        who = describe_lm(config.proposer or config.lm)["model"]
+        reason = str(cause).splitlines()[0][:300].rstrip(".")
+        super().__init__(f"{config.optimizer} could not compile {fmt}: {reason}. Its own prompts go to {who}; they are "
+                         "longer than exam prompts and ask for DSPy's structured replies, which a small or base model "
+                         "often cannot give: give an instruction-following model with a long context as "
+                         "--reflection-model")
 
 
 @dataclass
@@ -183,8 +206,12 @@ def _compile_all(config: OptimizeConfig, done: _Done, allowance: CallAllowance) 
             continue
         start = time.perf_counter()
         with allowance.phase(f"compiling {fmt.name} ({config.optimizer})"):
-            programs[fmt.name] = compile_program(config.optimizer, student, config.splits.train, config.splits.dev,
-                                                 config.lm, proposer=config.proposer, settings=config.settings)
+            try:
+                programs[fmt.name] = compile_program(config.optimizer, student, config.splits.train,
+                                                     config.splits.dev, config.lm, proposer=config.proposer,
+                                                     settings=config.settings)
+            except (NotRun, AdapterParseError) as e:
+                raise CompileFailed(config, fmt.name, e) from e
         done.compile_s[fmt.name] = round(time.perf_counter() - start, 3)
         path.parent.mkdir(parents=True, exist_ok=True)
         programs[fmt.name].save(str(path))

@@ -88,3 +88,12 @@ def test_a_call_the_lm_could_not_answer_is_given_back():
     assert allowance.used == 0  # as the run's call count, which counts answered calls only
     BudgetLM(ScriptedLM("a"), allowance)(messages=[{"role": "user", "content": "q"}])
     assert allowance.used == 1
+
+
+def test_a_proposer_that_cannot_follow_dspys_format_fails_the_compile_clearly_and_is_recorded(tmp_path):
+    from medjp_agent.optimizers.optimize import CompileFailed
+
+    lm = ExamAndMetaLM(QUESTIONS, base=0.7)
+    with pytest.raises(CompileFailed, match="copro could not compile f: .*--reflection-model"):
+        run_optimize(_config("copro", lm, tmp_path / "opt", None, proposer=ScriptedLM("no fields here")))
+    assert _summary(tmp_path / "opt")["stopped"].startswith("copro could not compile f")
