@@ -111,7 +111,7 @@ class MedicalQA(dspy.Module):
         random.Random(digest).shuffle(order)
         return order
 
-    def forward(self, question: str, choices: Sequence[str] = ()) -> dspy.Prediction:
+    def forward(self, question: str, choices: Sequence[str] | None = ()) -> dspy.Prediction:
         if not self._cot_ready:
             self._ensure_self_generated_cot()
         ballot = self._ballot(question, choices)
@@ -119,7 +119,7 @@ class MedicalQA(dspy.Module):
             ballot.add(order, self._call(**kwargs))
         return ballot.result()
 
-    async def aforward(self, question: str, choices: Sequence[str] = ()) -> dspy.Prediction:
+    async def aforward(self, question: str, choices: Sequence[str] | None = ()) -> dspy.Prediction:
         """:meth:`forward` on DSPy's async path (``acall``): the same calls in the same order, awaited."""
         if not self._cot_ready:
             # One-off, shared by every question, and under a thread lock: prepared synchronously (it holds the event
@@ -130,10 +130,11 @@ class MedicalQA(dspy.Module):
             ballot.add(order, await self._acall(**kwargs))
         return ballot.result()
 
-    def _ballot(self, question: str, choices: Sequence[str]) -> "_Ballot":
-        """The calls that answer one question: one per ensemble member, each with its own order of the choices."""
+    def _ballot(self, question: str, choices: Sequence[str] | None) -> "_Ballot":
+        """The calls that answer one question: one per ensemble member, each with its own order of the choices (no
+        choices, or None: a numeric question)."""
         fmt = self.format
-        choices = list(choices)
+        choices = list(choices or ())
         # Demos depend on the question only, not on the vote: select them once.
         demos = self.cot.predict.demos if self._selector.fixed else self._selector.select(question, choices)
         calls = []

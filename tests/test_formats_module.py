@@ -83,6 +83,11 @@ def test_unparseable_answer_is_kept_with_reason(scripted):
         assert MedicalQA()(question=q.text, choices=q.choices).parse_error == "empty completion"
 
 
+def test_a_question_without_choices_may_pass_none(scripted):
+    with dspy.context(lm=scripted("計算します。\n答え：12")):
+        assert MedicalQA("plain-ja-cot")(question="体重60 kgの患者の…", choices=None).answer == "12"
+
+
 def test_run_on_into_an_invented_next_question_is_cut(scripted):
     q = SAMPLE["SA1"]
     reply = "考察。\n答え：b\n\n### 指示：\n次の問題\n\n### 応答：\n答え：e"

@@ -156,6 +156,8 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     (["optimize", "--optimizer", "bootstrap", "--steps", "0"], "--steps must be at least 1, got 0"),
     (["optimize", "--optimizer", "bootstrap", "--max-demos", "-1"], "--max-demos must not be negative, got -1"),
     (["optimize", "--optimizer", "bootstrap", "--auto", "huge"], "--auto must be light, medium or heavy, got 'huge'"),
+    (["optimize", "--optimizer", "bootstrap", "--from-search", "s", "--split-seed", "3"],
+     "--from-search takes the search's formats, split and split seed; leave out --split-seed"),
     (["report", "--seed", "-1", "a", "b"], "Invalid value for '--seed'"),
     (["report", "--n-boot", "1", "a", "b"], "Invalid value for '--n-boot'"),
     (["demo", "--n-trials", "0"], "Invalid value for '--n-trials'"),  # before the demo trains anything

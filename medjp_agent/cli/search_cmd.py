@@ -17,6 +17,7 @@ import typer
 from medjp_agent.lm.options import LMOptions
 from medjp_agent.prompt_log import log_prompts as keep_prompts
 
+from .eval_cmd import DEFAULT_FORMAT
 from .options import (
     DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options, with_lm_options,
     writable_dir,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from medjp_agent.optimizers import Splits
 
 _SEARCH, _SCREEN, _BUDGET, _SPLIT, _OPT = "Search", "Screening", "Budget", "Splits", "Optimizer"
+DEFAULT_SPLIT = "0.2,0.4,0.4"
 
 SplitOpt = Annotated[str, typer.Option(help="TRAIN,DEV,TEST fractions: train gives demos, dev chooses, test reports.", rich_help_panel=_SPLIT)]
 SplitSeedOpt = Annotated[int, typer.Option(help="Seed of the hash-based split.", rich_help_panel=_SPLIT)]
@@ -109,7 +111,7 @@ def search(
     n_trials: Annotated[int | None, typer.Option(min=0, help="Finished (complete or pruned) trials in the study, over all runs and workers; 0 runs none (only the final test of the study's best).", rich_help_panel=_BUDGET)] = 30,
     timeout: Annotated[float | None, typer.Option(help="Seconds for this run; running trials finish.", rich_help_panel=_BUDGET)] = None,
     max_lm_calls: Annotated[int | None, typer.Option(min=1, help="LM calls over the study (both stages), checked before each question.", rich_help_panel=_BUDGET)] = None,
-    split: SplitOpt = "0.2,0.4,0.4",
+    split: SplitOpt = DEFAULT_SPLIT,
     split_seed: SplitSeedOpt = 0,
     final: Annotated[bool, typer.Option("--final/--no-final", help="Evaluate the best and the reference formats on the test split at the end (--no-final for extra workers).")] = True,
     no_tui: Annotated[bool, typer.Option("--no-tui", help="Log lines instead of the live view.")] = False,
@@ -150,7 +152,7 @@ def search(
 def optimize(
     optimizer: Annotated[str, typer.Option(help="bootstrap, bootstrap-rs, mipro, copro, gepa, simba or knn.", rich_help_panel=_OPT)],
     data: DataOpt = "sample",
-    format: FormatOpt = "paper-instruction-in-header",
+    format: FormatOpt = DEFAULT_FORMAT,
     from_search: Annotated[Path | None, typer.Option(help="A `medjp search` run folder: optimize within its best --top-k formats (combined mode).", rich_help_panel=_OPT)] = None,
     top_k: Annotated[int, typer.Option(help="With --from-search: how many of its best formats to optimize within.", rich_help_panel=_OPT)] = 3,
     out: Annotated[Path | None, typer.Option(callback=writable_dir, help="Run folder (default runs/optimize-<optimizer>). Re-running resumes it.")] = None,
@@ -163,7 +165,7 @@ def optimize(
     reflection_model: Annotated[str | None, typer.Option(help="Model that writes instructions/reflects (MIPROv2, COPRO, SIMBA, GEPA); default: --model.", rich_help_panel=_OPT)] = None,
     reflection_api_base: Annotated[str | None, typer.Option(help="OpenAI-compatible server of --reflection-model.", rich_help_panel=_OPT)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the optimizers.", rich_help_panel=_OPT)] = 0,
-    split: SplitOpt = "0.2,0.4,0.4",
+    split: SplitOpt = DEFAULT_SPLIT,
     split_seed: SplitSeedOpt = 0,
     threads: ThreadsOpt = 8,
     log_prompts: LogPromptsOpt = False,
@@ -174,7 +176,7 @@ def optimize(
     """Tune instructions and demos with a DSPy optimizer within a format (or a search's best formats)."""
     import dataclasses
 
-    from medjp_agent.errors import user_input
+    from medjp_agent.errors import ConfigError, user_input
     from medjp_agent.optimizers import OptimizeConfig, OptimizerSettings, formats_from_search, run_optimize
     from medjp_agent.optimizers.dspy_optimizers import optimizer_spec
     from medjp_agent.signatures import resolve_format
@@ -185,14 +187,20 @@ def optimize(
     keep_prompts(log_prompts)
     dataset, questions, filters = load_questions(data, **selection)
     fractions: str | tuple[float, ...] = split
+    given = [flag for flag, value, default in (("--format", format, DEFAULT_FORMAT), ("--split", split, DEFAULT_SPLIT),
+                                               ("--split-seed", split_seed, 0)) if value != default]
+    if from_search is not None and given:
+        raise ConfigError(f"--from-search takes the search's formats, split and split seed; leave out {', '.join(given)}")
     with user_input("--format/--from-search"):
         if from_search is not None:
             formats, fractions, split_seed = formats_from_search(from_search, top_k)
         else:
             formats = [resolve_format(format)]
     model = _build_lm(lm)
+    # Another model: the student's adapters are not its own, and its proposals are longer than exam answers.
     proposer = (_build_lm(dataclasses.replace(lm, model=reflection_model or lm.model,
-                                              api_base=reflection_api_base or lm.api_base))
+                                              api_base=reflection_api_base or lm.api_base, adapters=(),
+                                              max_new_tokens=max(lm.max_new_tokens, LMOptions.max_new_tokens)))
                 if reflection_model or reflection_api_base else None)
     out = out or Path("runs") / f"optimize-{optimizer}"
     result = run_optimize(OptimizeConfig(
