@@ -97,3 +97,21 @@ def test_a_proposer_that_cannot_follow_dspys_format_fails_the_compile_clearly_an
     with pytest.raises(CompileFailed, match="copro could not compile f: .*--reflection-model"):
         run_optimize(_config("copro", lm, tmp_path / "opt", None, proposer=ScriptedLM("no fields here")))
     assert _summary(tmp_path / "opt")["stopped"].startswith("copro could not compile f")
+
+
+def test_the_reflection_model_gets_its_own_options_not_the_students_adapters(tmp_path, monkeypatch):
+    import medjp_agent.optimizers as optimizers
+    from medjp_agent.cli import search_cmd
+
+    built = []
+    monkeypatch.setattr(search_cmd, "_build_lm", lambda options: built.append(options) or ScriptedLM("a"))
+
+    def stop(config):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(optimizers, "run_optimize", stop)
+    CliRunner().invoke(app, ["optimize", "--optimizer", "mipro", "--adapter", "student=org/lora", "--max-new-tokens",
+                             "8", "--reflection-model", "org/teacher", "--out", str(tmp_path / "o")])
+    student, teacher = built
+    assert student.adapters == ("student=org/lora",) and student.max_new_tokens == 8
+    assert teacher.model == "org/teacher" and teacher.adapters == () and teacher.max_new_tokens == 512

@@ -71,3 +71,12 @@ def test_written_run_reads_back(tmp_path):
     run = read_run(outcome_run(tmp_path / "r", [True, False, True]))
     assert [r.correct for r in run.results] == [True, False, True]
     assert run.summary.complete and run.label == "r"
+
+
+def test_a_delta_paired_on_fewer_questions_than_the_run_says_on_how_many(tmp_path):
+    from medjp_agent.report import build_report, report_tables
+
+    base = outcome_run(tmp_path / "base", [False, True, False])
+    other = write_run(tmp_path / "other", [result("q0", year=2025, section="S-B"), result("x1", year=2025)])
+    runs = report_tables(build_report([read_run(base), read_run(other)], n_boot=200))[0]
+    assert runs.rows[1][-1].endswith(" on 1") and "on" not in runs.rows[0][-1]
