@@ -9,6 +9,7 @@ with :class:`LMBudgetSpent` whatever the optimizer made of the error.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,14 +21,29 @@ from medjp_agent.errors import PROGRAMMING_ERRORS, LMError
 from medjp_agent.lm import describe_lm
 from medjp_agent.lm.errors import NotRun
 
+_REFUSAL = "LM-call budget of"
+#: Where DSPy's optimizers log each example that failed: once the budget is spent, every remaining one (hundreds).
+_PARALLELIZER_LOGGER = "dspy.utils.parallelizer"
+
 
 class LMBudgetSpent(LMError):
     """The LM-call budget ran out; what finished is saved. An :class:`LMError`, so an evaluation records the
     questions in flight before it stops."""
 
     def __init__(self, limit: int, phase: str):
-        super().__init__(f"LM-call budget of {limit:,} spent during {phase}")
+        super().__init__(f"{_REFUSAL} {limit:,} spent during {phase}")
         self.limit, self.phase = limit, phase
+
+
+def _not_a_refusal(record: logging.LogRecord) -> bool:
+    return _REFUSAL not in str(record.msg)
+
+
+def quiet_refusals() -> None:
+    """Keep DSPy from logging one error per example refused by the budget; the run ends with one message."""
+    logger = logging.getLogger(_PARALLELIZER_LOGGER)
+    if _not_a_refusal not in logger.filters:
+        logger.addFilter(_not_a_refusal)
 
 
 class CallAllowance:

@@ -35,7 +35,7 @@ from medjp_agent.results import RunManifest, RunWriter
 from medjp_agent.runs import EvalConfig, RunInfo, run_eval
 from medjp_agent.signatures import MedicalQA, PromptFormat
 
-from .budget_lm import BudgetLM, CallAllowance, LMBudgetSpent
+from .budget_lm import BudgetLM, CallAllowance, LMBudgetSpent, quiet_refusals
 from .dspy_optimizers import OPTIMIZERS, OptimizerSettings, compile_program, optimizer_spec
 from .heldout import Finalist, TestRun, evaluate_finalists, save_best
 from .search import load_search
@@ -124,6 +124,7 @@ def run_optimize(config: OptimizeConfig) -> OptimizeResult:
     meter = CallMeter()
     allowance = CallAllowance(config.max_lm_calls)
     if config.max_lm_calls is not None:
+        quiet_refusals()
         config = dataclasses.replace(config, lm=BudgetLM(config.lm, allowance),
                                      proposer=BudgetLM(config.proposer, allowance) if config.proposer else None)
     done = _Done()

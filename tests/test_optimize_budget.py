@@ -115,3 +115,11 @@ def test_the_reflection_model_gets_its_own_options_not_the_students_adapters(tmp
     student, teacher = built
     assert student.adapters == ("student=org/lora",) and student.max_new_tokens == 8
     assert teacher.model == "org/teacher" and teacher.adapters == () and teacher.max_new_tokens == 512
+
+
+def test_examples_refused_by_the_budget_are_not_logged_one_by_one(tmp_path, caplog):
+    lm = ExamAndMetaLM(QUESTIONS, base=0.7)
+    with caplog.at_level("ERROR", logger="dspy.utils.parallelizer"):
+        result = run_optimize(_config("bootstrap-rs", lm, tmp_path / "opt", 5))
+    assert result.stopped.startswith("LM-call budget of 5 spent")
+    assert not [r for r in caplog.records if "LM-call budget" in r.getMessage()]
