@@ -123,3 +123,11 @@ def test_examples_refused_by_the_budget_are_not_logged_one_by_one(tmp_path, capl
         result = run_optimize(_config("bootstrap-rs", lm, tmp_path / "opt", 5))
     assert result.stopped.startswith("LM-call budget of 5 spent")
     assert not [r for r in caplog.records if "LM-call budget" in r.getMessage()]
+
+
+def test_an_optimize_folder_reports_as_its_test_runs(tmp_path):
+    from medjp_agent.report import load_run_dirs
+
+    run_optimize(_config("bootstrap", ExamAndMetaLM(QUESTIONS, base=0.7), tmp_path / "opt", None))
+    runs, searches = load_run_dirs([tmp_path / "opt"])
+    assert sorted(r.path.name for r in runs) == ["bootstrap-f", "f"] and not searches

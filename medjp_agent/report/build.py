@@ -129,11 +129,22 @@ def load_run_dirs(dirs: Sequence[Path]) -> tuple[list[Run], list[SearchView]]:
             manifest = read_manifest(d / MANIFEST)
             label = manifest.name or d.name
         view = load_search_view(d, manifest, label)
-        if view is None and not has_results:
-            raise FileNotFoundError(f"{d}: not a run folder (no {RESULTS}) and not a search run")
+        finalists = [] if has_results or view is not None else _test_runs(d, manifest.kind)
+        if view is None and not has_results and not finalists:
+            raise FileNotFoundError(f"{d}: not a run folder (no {RESULTS}) and not a search or optimize run")
         if view is not None:
             searches.append(view)
+        runs += finalists
     return runs, searches
+
+
+def _test_runs(folder: Path, kind: str) -> list[Run]:
+    """An optimize folder's test-split runs (the optimized program and its unoptimized format)."""
+    if kind != "optimize":
+        return []
+    from medjp_agent.optimizers.heldout import TEST_DIR
+
+    return [read_run(run) for run in sorted((folder / TEST_DIR).glob("*")) if (run / RESULTS).exists()]
 
 
 def build_report(runs: Sequence[Run], *, baseline: Run | None = None, by: GroupBy = "year",
