@@ -161,6 +161,7 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     (["report", "--seed", "-1", "a", "b"], "Invalid value for '--seed'"),
     (["report", "--n-boot", "1", "a", "b"], "Invalid value for '--n-boot'"),
     (["demo", "--n-trials", "0"], "Invalid value for '--n-trials'"),  # before the demo trains anything
+    (["eval", "--max-memory", "cpu=lots"], "--max-memory cpu=lots: 'lots' is not a size (e.g. 70GiB, 500MB)"),
     (["eval", "--by", "foo"], "Invalid value for '--by': 'foo' is not one of year, section, category, qtype"),
     (["score", "--predictions", "p.jsonl", "--by", "foo"], "Invalid value for '--by'"),
 ])

@@ -48,6 +48,14 @@ _LM_PARAMS: dict[str, tuple[Any, Any]] = {
 
 def _lm_options(values: dict[str, Any]) -> LMOptions:
     memory = key_values("--max-memory", values["max_memory"] or [], "DEVICE=SIZE (e.g. 0=70GiB or cpu=100GiB)")
+    if memory:  # checked here, not once the model has loaded
+        from medjp_agent.lm.memory import parse_size
+
+        for device, size in memory.items():
+            try:
+                parse_size(size)
+            except ValueError:
+                raise fail(f"--max-memory {device}={size}: {size!r} is not a size (e.g. 70GiB, 500MB)") from None
     cache_dir = os.environ.get("MEDJP_CACHE_DIR")
     return LMOptions(
         model=values["model"], adapters=tuple(values["adapter"] or ()), api_base=values["api_base"],

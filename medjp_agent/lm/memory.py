@@ -119,15 +119,19 @@ def free_memory(device: Any) -> int:
     return int(available.get(device.type, available.get("cpu", 0)))
 
 
-def device_cap(max_memory: dict[str, str], device: Any) -> int | None:
-    """The ``--max-memory`` size given for ``device`` (GPUs by index, else by type), in bytes; None if none."""
+def parse_size(size: str) -> int:
+    """Bytes in a ``--max-memory`` size: a number of bytes or accelerate's notation (``70GiB``, ``500MB``); a
+    ValueError otherwise."""
     from accelerate.utils import convert_file_size_to_int
 
+    return int(size) if size.isdigit() else int(convert_file_size_to_int(size))
+
+
+def device_cap(max_memory: dict[str, str], device: Any) -> int | None:
+    """The ``--max-memory`` size given for ``device`` (GPUs by index, else by type), in bytes; None if none."""
     name = str(device.index or 0) if device.type in ("cuda", "xpu") else device.type
     size = max_memory.get(name)
-    if size is None:
-        return None
-    return int(size) if size.isdigit() else int(convert_file_size_to_int(size))
+    return None if size is None else parse_size(size)
 
 
 class MemoryPlanner:
