@@ -213,3 +213,9 @@ def test_a_space_with_nothing_to_search_is_refused(tmp_path):
     (tmp_path / "s.yaml").write_text("axes: {shots: [1]}\n", encoding="utf-8")
     res = runner.invoke(app, ["search", "--space", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "no axis has two or more values" in " ".join(res.output.split())
+
+
+def test_an_empty_question_file_says_so(tmp_path):
+    (tmp_path / "q.jsonl").write_text("\n", encoding="utf-8")
+    res = runner.invoke(app, ["eval", "--data", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "q.jsonl: holds no questions" in " ".join(res.output.split())

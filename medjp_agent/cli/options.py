@@ -237,6 +237,9 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
     except (DataError, ValueError) as e:
         raise fail(str(e)) from None
     _print_load_warnings(dataset)
+    if not dataset.questions:
+        raise fail(f"{data}: holds no questions" + (f" ({len(dataset.skipped)} bad records skipped)"
+                                                    if dataset.skipped else ""))
     missing = unmatched(list(dataset), years=years or (), sections=sections or (), qtypes=qtypes or (),
                         n_choices=n_choices or ())
     if missing:
