@@ -22,8 +22,7 @@ def check_run_folder(out: Path, *, model: str | None, **identity: Any) -> None:
     previous = RunManifest.from_dict(json.loads((out / MANIFEST).read_text(encoding="utf-8")))
     wanted = {**identity, **({"model": model} if model else {})}
     held = previous.identity()
-    differ = [k for k, v in wanted.items() if k in held and not previous.same(k, v)]
-    if differ and ("kind" in differ or (out / RESULTS).exists()):
+    if differ := previous.conflicts(wanted, (out / RESULTS).exists()):
         shown = "; ".join(f"{k}: {_short(held[k])} there, {_short(wanted[k])} now" for k in differ)
         raise RunMismatch(f"{out} holds a different run ({', '.join(differ)} differ): {shown}. Use another --out, "
                           "or leave --out out for a new folder named by model, format and time")

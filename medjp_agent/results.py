@@ -69,6 +69,14 @@ class RunManifest:
         mine = getattr(self, key)
         return mine == value or (key == "generation" and not mine)
 
+    def conflicts(self, wanted: dict[str, Any], has_results: bool) -> list[str]:
+        """The identity fields of ``wanted`` that keep a run from resuming into this one's folder (empty: it may): a
+        run of another kind always, one of the same kind once the folder holds results (a search keeps its results
+        in trials/, not results.jsonl; a folder with none has nothing to lose)."""
+        held = self.identity()
+        differ = [k for k, v in wanted.items() if k in held and not self.same(k, v)]
+        return differ if "kind" in differ or (differ and has_results) else []
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -224,10 +232,7 @@ class RunWriter:
         old = self.dir / MANIFEST
         if old.exists():
             previous = RunManifest.from_dict(json.loads(old.read_text(encoding="utf-8")))
-            # A folder of another kind is never reused (a search keeps its results in trials/, not results.jsonl);
-            # one of the same kind with no results yet holds nothing to lose.
-            diff = [k for k, v in manifest.identity().items() if not previous.same(k, v)]
-            if previous.kind != manifest.kind or (diff and (self.dir / RESULTS).exists()):
+            if diff := previous.conflicts(manifest.identity(), (self.dir / RESULTS).exists()):
                 raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} differ); use another --out")
         self._results = {r.id: r for r in read_results(self.dir / RESULTS)}
         self._repair_tail()
