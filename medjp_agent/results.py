@@ -220,10 +220,12 @@ def read_summary(path: Path) -> RunSummary:
 class RunWriter:
     """Appends results to a run folder as they finish; thread-safe; resumes a folder holding the same run.
 
-    It is an observer of :func:`medjp_agent.evaluate.evaluate` (``on_result``) and never stops a run.
+    It is an observer of :func:`medjp_agent.evaluate.evaluate` (``on_result``) and never stops a run. With
+    ``resume=False`` the folder's previous results are dropped, for a run recomputed whole each time (scoring
+    prediction files, which may have changed since).
     """
 
-    def __init__(self, run_dir: str | Path, manifest: RunManifest):
+    def __init__(self, run_dir: str | Path, manifest: RunManifest, *, resume: bool = True):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = manifest
@@ -234,8 +236,12 @@ class RunWriter:
             previous = RunManifest.from_dict(json.loads(old.read_text(encoding="utf-8")))
             if diff := previous.conflicts(manifest.identity(), (self.dir / RESULTS).exists()):
                 raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} differ); use another --out")
-        self._results = {r.id: r for r in read_results(self.dir / RESULTS)}
-        self._repair_tail()
+        if resume:
+            self._results = {r.id: r for r in read_results(self.dir / RESULTS)}
+            self._repair_tail()
+        else:
+            self._results = {}
+            replace_text(self.dir / RESULTS, "")
         _write_json(old, manifest.to_dict())
 
     def _repair_tail(self) -> None:
@@ -253,13 +259,6 @@ class RunWriter:
     @property
     def results(self) -> list[QuestionResult]:
         return list(self._results.values())
-
-    def restart(self) -> None:
-        """Forget the results the folder holds, for a run recomputed whole each time (scoring prediction files, which
-        may have changed since)."""
-        with self._lock:
-            self._results.clear()
-            replace_text(self.dir / RESULTS, "")
 
     def write(self, result: QuestionResult) -> None:
         line = json.dumps(result.to_dict(), ensure_ascii=False) + "\n"

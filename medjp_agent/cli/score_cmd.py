@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from .options import (
-    ByOpt, ColumnsOpt, DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail, load_questions, reports_errors,
-    writable_dir,
+    ByOpt, ColumnsOpt, DataOpt, LenientOpt, SectionsOpt, TextOnlyOpt, YearsOpt, console, err_console, fail,
+    load_questions, reports_errors, writable_dir,
 )
 
 
@@ -60,8 +60,7 @@ def register(app: typer.Typer) -> None:
                                           filters=filters, n_questions=len(questions),
                                           extra={"predictions": str(predictions), "parse": parse})
             with holding(out):
-                writer = RunWriter(out, manifest)
-                writer.restart()
+                writer = RunWriter(out, manifest, resume=False)
                 for r in results:
                     writer.write(r)
                 summary = writer.finalize(n_expected=len(questions), missing=missing, unmatched=extra)
