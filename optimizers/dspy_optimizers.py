@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import dspy
 
@@ -52,10 +52,9 @@ class OptimizerSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.auto not in ("light", "medium", "heavy"):
-            raise ConfigError(f"--auto must be light, medium or heavy, got {self.auto!r}")
         calls = self.max_metric_calls
-        check_settings(("--max-demos", self.max_demos, self.max_demos >= 0, "must not be negative"),
+        check_settings(("--auto", self.auto, self.auto in get_args(Auto), "must be light, medium or heavy"),
+                       ("--max-demos", self.max_demos, self.max_demos >= 0, "must not be negative"),
                        ("--candidates", self.candidates, self.candidates >= 1, "must be at least 1"),
                        ("--steps", self.steps, self.steps >= 1, "must be at least 1"),
                        ("--max-metric-calls", calls, calls is None or calls >= 1, "must be at least 1"),

@@ -24,7 +24,7 @@ def select(
     def keep(q: Question) -> bool:
         return (
             (not years or q.year in years)
-            and (not sections or q.section in sections or q.section.rsplit("-", 1)[-1] in sections)
+            and (not sections or not _section_names(q).isdisjoint(sections))
             and (text_only is None or q.text_only == text_only)
             and (not n_choices or len(q.choices) in n_choices)
             and (not qtypes or q.qtype in qtypes)
@@ -34,13 +34,18 @@ def select(
     return [q for q in questions if keep(q)]
 
 
+def _section_names(q: Question) -> set[str]:
+    """What ``--section`` may call a question's section: ``"112-A"`` or just its letter ``"A"``."""
+    return {q.section, q.section.rsplit("-", 1)[-1]}
+
+
 def unmatched(questions: Sequence[Question], *, years: Sequence[int] = (), sections: Sequence[str] = (),
               qtypes: Sequence[str] = (), n_choices: Sequence[int] = ()) -> list[str]:
     """Filter values no question has, each as ``--flag value (present: ...)``: a typo given next to a valid value
     would otherwise just select nothing more, silently."""
     present: dict[str, tuple[Sequence[Any], set[Any]]] = {
         "--year": (years, {q.year for q in questions}),
-        "--section": (sections, {q.section for q in questions} | {q.section.rsplit("-", 1)[-1] for q in questions}),
+        "--section": (sections, {name for q in questions for name in _section_names(q)}),
         "--qtype": (qtypes, {q.qtype for q in questions}),
         "--n-choices": (n_choices, {len(q.choices) for q in questions}),
     }
