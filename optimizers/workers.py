@@ -50,7 +50,8 @@ class Budget:
     max_lm_calls: int | None = None
 
     def __post_init__(self) -> None:
-        check_settings(("--n-trials", self.n_trials, self.n_trials is None or self.n_trials >= 0, "must not be negative"),
+        check_settings(("--n-trials", self.n_trials, self.n_trials is None or self.n_trials >= 0,
+                        "must not be negative"),
                        ("--timeout", self.timeout_s, self.timeout_s is None or self.timeout_s > 0, "must be positive"),
                        ("--max-lm-calls", self.max_lm_calls, self.max_lm_calls is None or self.max_lm_calls >= 1,
                         "must be at least 1"))

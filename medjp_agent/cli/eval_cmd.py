@@ -10,10 +10,9 @@ import typer
 from medjp_agent.lm.options import LMOptions
 
 from .options import (
-    ByOpt, DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options, with_lm_options,
+    ByOpt, DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options,
+    with_lm_options, writable_dir,
 )
-
-from .options import writable_dir
 
 DEFAULT_FORMAT = "paper-instruction-in-header"
 

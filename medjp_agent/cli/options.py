@@ -105,6 +105,8 @@ QTypeOpt = Annotated[list[str] | None, typer.Option("--qtype", help="single, mul
 ChoicesOpt = Annotated[list[int] | None, typer.Option("--n-choices", min=0, help="Keep questions with this many choices (repeatable).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N selected questions.")]
 LenientOpt = Annotated[bool, typer.Option("--lenient", help="Skip bad input records with a counted warning instead of stopping.")]
+
+
 def _group_by(value: str) -> str:
     from medjp_agent.scoring.aggregate import GroupBy
 
