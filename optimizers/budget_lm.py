@@ -48,7 +48,7 @@ def quiet_refusals() -> None:
 
 class CallAllowance:
     """``limit`` LM calls (None: any number) shared by every :class:`BudgetLM` and thread of a run; ``used``
-    counts those sent."""
+    counts those sent, less those the LM could not answer (:meth:`call`)."""
 
     def __init__(self, limit: int | None):
         self.limit = limit
