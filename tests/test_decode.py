@@ -1,6 +1,6 @@
 """The decoding loop against transformers' own ``generate``, on tiny real models: the same greedy tokens with and
 without a shared prefix (float32, and NF4 computing in float32 on both bitsandbytes CPU kernels), with grouped KV
-heads, end-of-sequence ids and ``min_new_tokens``; the same texts and finish reasons with stop strings; sampling;
+heads, row groups read apart or as one, end-of-sequence ids and ``min_new_tokens``; the same texts and finish reasons with stop strings; sampling;
 the prefix stored once; and the fallback to ``generate`` for what the loop does not do."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from medjp_agent.lm import decode as decode_module
 from medjp_agent.lm import generation
-from medjp_agent.lm.decode import decode, prefill_groups, supports_fast_decoding
+from medjp_agent.lm.decode import decode, own_spans, prefill_groups, supports_fast_decoding
 from medjp_agent.lm.generation import end_token_ids, generation_config, left_pad
 from medjp_agent.lm.options import LMOptions
 from medjp_agent.lm.params import GenerationParams
@@ -79,6 +79,26 @@ def test_grouped_kv_heads_and_several_prefill_groups(loaded):
     expected = reference(model, tokenizer, rows, params)
     assert ours(model, tokenizer, rows, params, shared=True) == expected
     assert ours(model, tokenizer, rows, params, shared=False) == expected
+
+
+def test_steps_read_each_groups_own_columns_on_a_cpu_and_all_of_them_elsewhere():
+    lengths, groups = [3, 4, 10, 30], [(0, 2), (2, 3), (3, 4)]
+    assert own_spans(lengths, groups, 1, torch.device("cpu")) == ((0, 2, 26), (2, 3, 20), (3, 4, 0))
+    assert own_spans(lengths, groups, 2, torch.device("cpu")) == ((0, 4, 26), (4, 6, 20), (6, 8, 0))
+    assert own_spans(lengths, groups, 2, torch.device("cuda")) == ((0, 8, 0),)
+
+
+def test_one_group_reading_every_column_gives_the_same_tokens(loaded, monkeypatch: pytest.MonkeyPatch):
+    """What a GPU runs (one group, padding included), checked here on the CPU against ``generate``."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = token_rows(tokenizer)
+    rows[2] = rows[2] + tokenizer("急性心筋梗塞の初期治療で誤っているのはどれか。" * 8)["input_ids"]
+    spans = []
+    monkeypatch.setattr(decode_module, "own_spans", lambda *a: spans.append(own_spans(*a[:3], torch.device("cuda")))
+                        or spans[-1])
+    params = GenerationParams(max_new_tokens=10)
+    assert ours(model, tokenizer, rows, params, shared=True) == reference(model, tokenizer, rows, params)
+    assert spans == [((0, len(rows), 0),)]
 
 
 def test_end_of_sequence_and_min_new_tokens_as_generate(loaded):

@@ -5,9 +5,12 @@ copied whole, so a step costs in proportion to everything cached), for rebuildin
 its general machinery; it pads every prompt to the batch's longest and needs a shared prefix's KV copied per row.
 Here a batch's KV cache is allocated once for the rows' own and new tokens, and each step writes one column; a
 shared prefix (:mod:`.prefix`) is stored once and read once per step for all rows (:func:`_attention`); the rows'
-own tokens are prefilled in groups of similar length (:func:`prefill_groups`); masks and positions are built
-once. Measured on 2 CPU cores, 16 five-shot prompts (333 shared tokens, 32 new): ``generate`` from the expanded
-prefix took 0.69 s on the benchmark's tiny Llama and 5.8 s on its 100M one, this loop 0.40 s and 3.6 s.
+own tokens are prefilled in groups of similar length (:func:`prefill_groups`), and on a CPU each step reads a
+group's own columns only from where its longest row starts; masks and positions are built once. Measured on 2
+CPU cores, 16 five-shot prompts (333 shared tokens, 22-78 own, 32 new): ``generate`` from the expanded prefix
+took 0.69 s on the benchmark's tiny Llama and 5.8 s on its 100M one, this loop 0.40 s and 3.6 s; reading own
+columns by group then took the tiny one's to 0.35-0.38 s (steps read 44 % padding before; the 100M one's
+steps are bound by its weights).
 
 Each row's own tokens are right-aligned, padding before them; positions count only real tokens, so a padded row
 computes what it would alone, and with float32 compute the greedy tokens equal ``generate``'s (tested against it).
@@ -94,6 +97,20 @@ def prefill_groups(lengths: Sequence[int], pass_cost: int = PASS_COST_TOKENS) ->
     return groups[::-1]
 
 
+def own_spans(lengths: Sequence[int], groups: Sequence[tuple[int, int]], n: int,
+              device: torch.device) -> tuple[tuple[int, int, int], ...]:
+    """``(first_row, end_row, first_column)`` of the own columns each row group's decoding steps read
+    (:func:`_attention`): ``groups`` of ``lengths`` (ascending, right-aligned), ``n`` rows per prompt.
+
+    On a CPU, each prefill group from where its longest row starts. On a GPU a step's time goes to kernel
+    launches, not to reading a few padded columns, so all rows form one group there.
+    """
+    width = lengths[-1]
+    if device.type != "cpu":
+        groups = [(0, len(lengths))]
+    return tuple((a * n, b * n, width - lengths[b - 1]) for a, b in groups)
+
+
 class _BufferLayer(DynamicLayer):
     """One layer's KV cache for a batch: the shared prefix once (batch size one, never copied per row), and each
     row's own and new tokens in a buffer allocated at the first write, ``[rows, heads, width + new, dim]``.
@@ -154,35 +171,45 @@ ATTENTION = "medjp_shared_prefix"
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                shared_prefix: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
-               routed: list[bool] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA, except for decoding after a shared prefix, where every row's queries meet the prefix's keys in one
-    matrix product per KV head (the prefix is read once per step, not once per row: most of a step's attention
-    memory traffic at a few shots). ``key``/``value`` then hold the rows' own tokens; the softmax runs in float32
-    over prefix and own keys together. ``routed`` records that the model called it (with the loop's keywords).
+               spans: tuple[tuple[int, int, int], ...] | None = None, routed: list[bool] | None = None,
+               **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """SDPA for prefills; for a decoding step (``spans`` given, one query per row), attention over the shared
+    prefix and the rows' own keys (``key``/``value``, masked by ``attention_mask``).
+
+    A step is bound by the memory it reads, much of it attention's keys and values: the prefix's are read once for
+    all rows, in one matrix product per KV head (not once per row), and the rows' own columns only from where each
+    row group's longest suffix starts, ``(first_row, end_row, first_column)`` per group in ``spans`` (rows sorted
+    by length and right-aligned: the columns before hold only shorter rows' padding). The softmax runs in float32
+    over prefix and own keys together. ``routed`` records that the model called this function.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if routed is not None:
         routed.append(True)
-    if shared_prefix is None:
+    if spans is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    prefix_keys, prefix_values = shared_prefix[module.layer_idx]
-    rows, heads, length, dim = query.shape
-    kv_heads, p = key.shape[1], prefix_keys.shape[-2]
-    group = heads // kv_heads  # query head h reads KV head h // group
-    scale = dim ** -0.5 if scaling is None else scaling
-    q = query.reshape(rows, kv_heads, group * length, dim)
-    by_head = q.transpose(0, 1).reshape(kv_heads, rows * group * length, dim)
-    prefix_scores = (by_head @ prefix_keys[0].transpose(-1, -2)).reshape(kv_heads, rows, group * length, p)
-    own_scores = (q @ key.transpose(-1, -2)).reshape(rows, kv_heads, group, length, -1)
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(rows, kv_heads, heads // kv_heads, dim)  # query head h reads KV head h // group
+    scores = q.new_full((*q.shape[:-1], key.shape[-2]), float("-inf"))
+    for first, end, column in spans:
+        scores[first:end, ..., column:] = q[first:end] @ key[first:end, :, column:].transpose(-1, -2)
     if attention_mask is not None:
-        own_scores = own_scores.masked_fill(~attention_mask[:, :, None], float("-inf"))
-    scores = torch.cat([prefix_scores.transpose(0, 1), own_scores.reshape(rows, kv_heads, group * length, -1)], -1)
-    probs = (scores.float() * scale).softmax(-1).to(query.dtype)
-    from_prefix = probs[..., :p].transpose(0, 1).reshape(kv_heads, rows * group * length, p) @ prefix_values[0]
-    out = from_prefix.reshape(kv_heads, rows, group * length, dim).transpose(0, 1) + probs[..., p:] @ value
-    return out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    p = 0
+    if shared_prefix is not None:
+        prefix_keys, prefix_values = shared_prefix[module.layer_idx]
+        p = prefix_keys.shape[-2]
+        by_head = q.transpose(0, 1).reshape(kv_heads, -1, dim) @ prefix_keys[0].transpose(-1, -2)
+        scores = torch.cat([by_head.reshape(kv_heads, rows, -1, p).transpose(0, 1), scores], -1)
+    probs = (scores.float() * (dim ** -0.5 if scaling is None else scaling)).softmax(-1).to(query.dtype)
+    out = torch.zeros_like(q) if shared_prefix is None else (
+        probs[..., :p].transpose(0, 1).reshape(kv_heads, -1, p) @ prefix_values[0]).reshape(
+        kv_heads, rows, -1, dim).transpose(0, 1)
+    for first, end, column in spans:
+        out[first:end] += probs[first:end, ..., p + column:] @ value[first:end, :, column:]
+    return out.reshape(rows, 1, heads, dim), None
 
 
 def _register_attention() -> None:
@@ -222,13 +249,15 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
     try:
         with torch.inference_mode():
             routed: list[bool] = []
+            groups = prefill_groups(lengths)
             logits = torch.cat([_prefill(model, cache, suffixes[a:b], real[a * n:b * n:n, :width], shared, pad_id,
-                                         slice(a * n, b * n), n, routed) for a, b in prefill_groups(lengths)])
+                                         slice(a * n, b * n), n, routed) for a, b in groups])
             if not routed:
                 _UNROUTED.add(model)
                 raise UnroutedAttention(f"{type(model).__name__} does not call transformers' attention interface")
             for layer in layers:
                 layer.decoding()
+            spans = own_spans(lengths, groups, n, torch.device(device))
             positions = torch.tensor([shared + length for length in lengths], device=device).repeat_interleave(n)
             real = real[:, None, None, :].to(device)
             so_far: list[list[int]] = [[] for _ in range(count)]  # each row's new tokens, for stop strings
@@ -237,7 +266,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], params: GenerationParam
                     with threads.step(step):
                         logits = model(input_ids=token[:, None], attention_mask=real[..., :width + step],
                                        position_ids=positions[:, None] + step - 1,
-                                       shared_prefix=prefix and prefix.layers, logits_to_keep=1,
+                                       shared_prefix=prefix and prefix.layers, spans=spans, logits_to_keep=1,
                                        **{CACHE_ARG: cache}).logits[:, -1].float()
                 if step < params.min_new_tokens:
                     logits[:, ends] = float("-inf")
