@@ -1,7 +1,8 @@
 """The decoding loop against transformers' own ``generate``, on tiny real models: the same greedy tokens with and
 without a shared prefix (float32, and NF4 computing in float32 on both bitsandbytes CPU kernels), with grouped KV
-heads, row groups read apart or as one, end-of-sequence ids and ``min_new_tokens``; the same texts and finish reasons with stop strings; sampling;
-the prefix stored once; and the fallback to ``generate`` for what the loop does not do."""
+heads, row groups read apart or as one, end-of-sequence ids and ``min_new_tokens``; the same texts and finish
+reasons with stop strings; sampling; the prefix stored once; and the fallback to ``generate`` for what the loop
+does not do."""
 
 from __future__ import annotations
 
