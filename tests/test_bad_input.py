@@ -179,6 +179,15 @@ def test_lenient_counts_misnamed_sections_and_loads_the_rest(tmp_path: Path):
     assert res.exit_code == 0 and "skipped 3 bad records (--lenient)" in " ".join(res.output.split()), res.output
 
 
+def test_formats_show_reads_past_bad_records_and_says_why_without_naming_a_flag_it_does_not_have():
+    res = runner.invoke(app, ["formats", "show", "paper-instruction-in-header", "--id", "T1",
+                              "--data", str(BAD / "misnamed-sections")])
+    said = " ".join(res.stderr.split())
+    assert res.exit_code == 0 and "正しいのはどれか。" in res.stdout, res.output
+    assert "skipped 3 bad records (formats show needs only the asked question)" in said, said
+    assert "--lenient" not in said
+
+
 def test_missing_metadata_warns_and_makes_the_forbidden_verdict_unknown(tmp_path: Path):
     exam_dir = tmp_path / "2030"
     exam_dir.mkdir()

@@ -109,10 +109,15 @@ def test_storage_in_an_unwritable_folder_names_storage(url):
         open_storage(url)
 
 
-def test_search_with_an_unwritable_storage_exits_with_the_message(tmp_path):
+def test_search_with_an_unwritable_storage_exits_with_the_message_before_the_model_loads(tmp_path, monkeypatch):
+    from medjp_agent.cli import search_cmd
+
+    loaded = []
+    monkeypatch.setattr(search_cmd, "_build_lm", lambda options: loaded.append(options))  # a 70B load takes minutes
     res = runner.invoke(app, ["search", "--storage", "journal:/proc/x/j.log", "--out", str(tmp_path / "s"),
                               "--n-trials", "1", "--no-tui", "--limit", "20"])
     refused(res, "error: --storage journal:/proc/x/j.log: cannot write into the folder /proc/x")
+    assert not loaded
 
 
 @pytest.mark.parametrize("value", ["cpu", "=5GiB", "cpu="])

@@ -58,7 +58,8 @@ def show(
         raise fail(str(e)) from None
     if shots is not None:
         fmt = fmt.replace(shots=shots)
-    _, questions, _ = load_questions(data, lenient=True)
+    # One question is shown: bad records elsewhere in the file do not stop it.
+    _, questions, _ = load_questions(data, lenient=True, skip_reason="formats show needs only the asked question")
     question = next((q for q in questions if q.id == qid), None)
     if question is None:
         raise fail(f"{data}: no question with id {qid!r}")

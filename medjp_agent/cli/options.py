@@ -214,22 +214,25 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _print_load_warnings(dataset: Any, shown: int = 10) -> None:
-    """What loaded with something unknown, and the count of records --lenient skipped: nothing goes unsaid."""
+def _print_load_warnings(dataset: Any, skip_reason: str, shown: int = 10) -> None:
+    """What loaded with something unknown, and the count of bad records skipped (``skip_reason`` says why they
+    were): nothing goes unsaid."""
     for warning in dataset.warnings[:shown]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if len(dataset.warnings) > shown:
         err_console.print(f"[yellow]warning:[/] … and {len(dataset.warnings) - shown} more warnings", highlight=False)
     if dataset.skipped:
-        err_console.print(f"[yellow]warning:[/] skipped {len(dataset.skipped)} bad records (--lenient); first: "
+        err_console.print(f"[yellow]warning:[/] skipped {len(dataset.skipped)} bad records ({skip_reason}); first: "
                           f"{escape(dataset.skipped[0])}", highlight=False, soft_wrap=True)
 
 
 def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool = False,
                    years: list[int] | None = None, sections: list[str] | None = None, text_only: bool = False,
                    qtypes: list[str] | None = None, n_choices: list[int] | None = None,
-                   limit: int | None = None, preset: str | None = None) -> tuple[Any, list[Any], dict[str, Any]]:
-    """Load and filter questions for a command; bad input exits with the located error."""
+                   limit: int | None = None, preset: str | None = None,
+                   skip_reason: str = "--lenient") -> tuple[Any, list[Any], dict[str, Any]]:
+    """Load and filter questions for a command; bad input exits with the located error, unless ``lenient``, which
+    skips bad records and says so, with ``skip_reason``."""
     from medjp_agent.data import DataError, load_dataset, select
     from medjp_agent.data.select import unmatched
 
@@ -238,7 +241,7 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
         dataset = load_dataset(data, columns=mapping or None, lenient=lenient)
     except (DataError, ValueError) as e:
         raise fail(str(e)) from None
-    _print_load_warnings(dataset)
+    _print_load_warnings(dataset, skip_reason)
     if not dataset.questions:
         raise fail(f"{data}: holds no questions" + (f" ({len(dataset.skipped)} bad records skipped)"
                                                     if dataset.skipped else ""))

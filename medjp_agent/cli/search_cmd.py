@@ -123,7 +123,7 @@ def search(
 ) -> None:
     """Search the prompt-format space with Optuna on the dev split; report the best on the test split."""
     from medjp_agent.optimizers import Budget, Liveness, SearchConfig, SearchSettings, run_search
-    from medjp_agent.optimizers.storage import require_finished_trials
+    from medjp_agent.optimizers.storage import open_storage, require_finished_trials
     from medjp_agent.redact import redact_text
     from medjp_agent.report.optuna_views import dashboard_hint
     from medjp_agent.search_tui import LogObserver, SearchMonitor, SearchSummary
@@ -137,6 +137,7 @@ def search(
         budget=Budget(n_trials, timeout, max_lm_calls), liveness=Liveness(interval_s=heartbeat))
     if n_trials == 0:
         require_finished_trials(url, settings.study)
+    open_storage(url)  # a storage that cannot be opened fails now, not after the model has loaded
     screening = _screening(score, screen, screen_trials, screen_questions, promote)
     # Piped (`| tee log`), a live view would stay blank until one final frame: log lines instead.
     live = not no_tui and console.is_terminal
