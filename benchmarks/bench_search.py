@@ -200,7 +200,7 @@ def run_config(name: str, seed: int, n_trials: int, dev: Sequence[Question], lm:
     options = dict(CONFIGS[name])
     screen = options.pop("screen", None)
     settings = SearchSettings(study=f"{name}-{seed}", storage=None, seed=seed, n_startup_trials=10, threads=1,
-                              n_startup_steps=10, budget=Budget(n_trials=options.pop("n_trials", n_trials)), **options)
+                              n_startup_steps=14, budget=Budget(n_trials=options.pop("n_trials", n_trials)), **options)
     start = time.perf_counter()
     result = run_search(SearchConfig(Splits((), tuple(dev), ()), lm, bench_space(), settings,
                                      screen=ScreenSettings(**screen) if screen else None))

@@ -30,7 +30,7 @@ from medjp_agent.suggest import did_you_mean
 
 from .liveness import Liveness
 from .objective import DUPLICATE_OF, REFERENCE, TrialOutcome
-from .pruning import make_pruner
+from .pruning import MIN_STARTUP_STEPS, make_pruner
 from .samplers import SAMPLERS, make_sampler, process_seed
 from .sensitivity import FormatSensitivity
 from .space import FormatSpace
@@ -82,7 +82,9 @@ class SearchSettings:
         check_settings(
             ("--p-threshold", self.p_threshold, 0 < self.p_threshold < 1, "must be in (0, 1)"),
             ("--seed", self.seed, self.seed in SEEDS, "must be in [0, 2**32)"),
-            ("--n-startup-steps", self.n_startup_steps, self.n_startup_steps >= 0, "must not be negative"),
+            ("--n-startup-steps", self.n_startup_steps, self.n_startup_steps >= MIN_STARTUP_STEPS,
+             f"must be at least {MIN_STARTUP_STEPS} (on fewer paired questions SciPy's Wilcoxon test is exhaustive: "
+             "seconds per answered question)"),
             ("--n-startup-trials", self.n_startup_trials, self.n_startup_trials >= 0, "must not be negative"),
             ("--n-workers", self.n_workers, self.n_workers >= 1, "must be at least 1"),
             ("--threads", self.threads, self.threads >= 1, "must be at least 1"))

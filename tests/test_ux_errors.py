@@ -151,6 +151,7 @@ def test_mistyped_sampler_and_optimizer_suggest_the_name(tmp_path):
     (["search", "--heartbeat", "0"], "--heartbeat must be positive, got 0.0"),
     (["search", "--timeout", "-5"], "--timeout must be positive, got -5.0"),
     (["search", "--n-startup-trials", "-2"], "--n-startup-trials must not be negative, got -2"),
+    (["search", "--n-startup-steps", "5"], "--n-startup-steps must be at least 14 (on fewer paired questions"),
     (["search", "--promote", "2"], "--promote must be in (0, 1], got 2.0"),  # checked without --screen too
     (["optimize", "--optimizer", "bootstrap", "--seed", str(2**32)], "--seed must be in [0, 2**32), got 4294967296"),
     (["optimize", "--optimizer", "bootstrap", "--steps", "0"], "--steps must be at least 1, got 0"),

@@ -137,8 +137,8 @@ def search(
         budget=Budget(n_trials, timeout, max_lm_calls), liveness=Liveness(interval_s=heartbeat))
     if n_trials == 0:
         require_finished_trials(url, settings.study)
-    open_storage(url)  # a storage that cannot be opened fails now, not after the model has loaded
     screening = _screening(score, screen, screen_trials, screen_questions, promote)
+    open_storage(url)  # a storage that cannot be opened fails now, not after the model has loaded
     # Piped (`| tee log`), a live view would stay blank until one final frame: log lines instead.
     live = not no_tui and console.is_terminal
     observer = SearchMonitor(settings.budget, tuple(format_space.axes)) if live else LogObserver(console)
