@@ -31,6 +31,10 @@ class LMError(MedjpError):
     exit_code = 1
 
 
+class MedjpWarning(UserWarning):
+    """Something a user should know about a run that still goes on; the command line prints it as one line."""
+
+
 class RunInterrupted(MedjpError):
     """Questions stopped because the LM failed; what finished is saved, and re-running resumes."""
 

@@ -13,15 +13,18 @@ The metric is the exam's rule, exact set match (:class:`ExamMetric`); for GEPA i
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import dspy
+from dspy.utils.callback import BaseCallback
 
 from medjp_agent.data import Question
-from medjp_agent.errors import SEEDS, ConfigError, check_settings
+from medjp_agent.errors import SEEDS, ConfigError, MedjpWarning, check_settings
+from medjp_agent.lm.errors import NotRun
 from medjp_agent.scoring import grade
 from medjp_agent.signatures import MedicalQA
 from medjp_agent.suggest import did_you_mean
@@ -176,12 +179,39 @@ def _copro(student: MedicalQA, train: list[dspy.Example], _val: list[dspy.Exampl
     return optimizer.compile(student, trainset=train, eval_kwargs={"num_threads": s.threads, "display_progress": False})
 
 
+class _Unanswered(BaseCallback):
+    """An LM's calls (as its instance callback) and those it could not answer (:class:`NotRun`), the first one's
+    reason kept."""
+
+    def __init__(self) -> None:
+        self.calls = self.failed = 0
+        self.first = ""
+        self._lock = threading.Lock()
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+        with self._lock:
+            self.calls += 1
+            if isinstance(exception, NotRun):
+                self.failed += 1
+                self.first = self.first or str(exception)
+
+
 def _gepa(student: MedicalQA, train: list[dspy.Example], val: list[dspy.Example], run: OptimizerRun) -> dspy.Module:
+    """GEPA goes on when a reflection gets no reply (DSPy counts it as a failed example), so a reflection model too
+    small for GEPA's prompts would return the student unchanged without a word: that is warned about."""
     s = run.settings
     budget: dict[str, Any] = {"max_metric_calls": s.max_metric_calls} if s.max_metric_calls else {"auto": s.auto}
-    optimizer = dspy.GEPA(metric=run.feedback_metric, reflection_lm=run.proposer, num_threads=s.threads, seed=s.seed,
+    reflection, unanswered = run.proposer.copy(), _Unanswered()
+    reflection.callbacks.append(unanswered)
+    optimizer = dspy.GEPA(metric=run.feedback_metric, reflection_lm=reflection, num_threads=s.threads, seed=s.seed,
                           **budget)
-    return optimizer.compile(student, trainset=train, valset=val)
+    program = optimizer.compile(student, trainset=train, valset=val)
+    if unanswered.failed:
+        warnings.warn(f"gepa: the reflection model could not answer {unanswered.failed} of its {unanswered.calls} "
+                      f"calls ({unanswered.first}); the instruction was not rewritten from those. Give an "
+                      "instruction-following model with a long context as --reflection-model", MedjpWarning,
+                      stacklevel=2)
+    return program
 
 
 def _simba(student: MedicalQA, train: list[dspy.Example], _val: list[dspy.Example], run: OptimizerRun) -> dspy.Module:
@@ -240,7 +270,7 @@ def compile_program(name: str, student: MedicalQA, train: Sequence[Question], va
     spec = optimizer_spec(name)
     if spec.sets_demos and student.format.demo_selection != "fixed":
         warnings.warn(f"{name} sets the demos itself: demo_selection {student.format.demo_selection!r} -> 'fixed'",
-                      stacklevel=2)
+                      MedjpWarning, stacklevel=2)
         student = MedicalQA(student.format.replace(demo_selection="fixed"), demo_pool=[], seed=student.seed)
     questions = [*train, *val]
     run = OptimizerRun(ExamMetric(questions), ExamMetric(questions, feedback=True), settings, proposer or lm)

@@ -85,6 +85,33 @@ def test_gepa_reflects_on_exam_feedback_with_its_own_reflection_lm():
     assert isinstance(program, MedicalQA)
 
 
+def test_gepa_warns_when_its_reflection_model_cannot_answer():
+    from medjp_agent.errors import MedjpWarning
+    from medjp_agent.lm.errors import NotRun
+    from medjp_agent.lm.scripted import ScriptedLM
+
+    def too_long(prompt: str, kwargs: dict[str, Any]) -> str:
+        raise NotRun("prompt too long (3000 prompt + 512 new tokens > the model's 2048-token context)")
+
+    lm = ExamAndMetaLM(QUESTIONS, base=0.3)
+    student = MedicalQA(PromptFormat(shots=0, reasoning="cot"), demo_pool=[])
+    with pytest.warns(MedjpWarning, match=r"^gepa: the reflection model could not answer (\d+) of its \1 calls "
+                                          r"\(prompt too long .*--reflection-model$"):
+        program = compile_program("gepa", student, SPLITS.train, SPLITS.dev[:6], lm, proposer=ScriptedLM(too_long),
+                                  settings=OptimizerSettings(max_metric_calls=30, threads=1))
+    assert program.cot.predict.signature.instructions == student.cot.predict.signature.instructions
+
+
+def test_gepa_with_a_reflection_model_that_answers_warns_nothing(recwarn):
+    from medjp_agent.errors import MedjpWarning
+
+    lm = ExamAndMetaLM(QUESTIONS, base=0.3)
+    student = MedicalQA(PromptFormat(shots=0, reasoning="cot"), demo_pool=[])
+    compile_program("gepa", student, SPLITS.train, SPLITS.dev[:6], lm, proposer=ExamAndMetaLM(QUESTIONS),
+                    settings=OptimizerSettings(max_metric_calls=30, threads=1))
+    assert not [w for w in recwarn if issubclass(w.category, MedjpWarning)]
+
+
 def question(answers: tuple[str, ...], forbidden: tuple[str, ...] = ()) -> Question:
     return Question(id="X1", year=2025, section="X", text="どれか。", choices=("甲", "乙", "丙", "丁", "戊"),
                     answers=answers, forbidden=forbidden)

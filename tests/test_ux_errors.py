@@ -220,3 +220,20 @@ def test_an_empty_question_file_says_so(tmp_path):
     (tmp_path / "q.jsonl").write_text("\n", encoding="utf-8")
     res = runner.invoke(app, ["eval", "--data", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "q.jsonl: holds no questions" in " ".join(res.output.split())
+
+
+def test_medjp_warnings_print_as_one_line_and_others_as_python_prints_them(capsys, monkeypatch):
+    import warnings
+
+    from medjp_agent.cli.options import show_own_warnings
+    from medjp_agent.errors import MedjpWarning
+
+    passed_on = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *rest, **kw: passed_on.append(str(message)))
+    show_own_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("gepa: the reflection model could not answer 2 of its 2 calls (x)", MedjpWarning)
+        warnings.warn("a library's own", UserWarning)
+    assert capsys.readouterr().err == "warning: gepa: the reflection model could not answer 2 of its 2 calls (x)\n"
+    assert passed_on == ["a library's own"]

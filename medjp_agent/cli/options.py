@@ -214,6 +214,25 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def show_own_warnings() -> None:
+    """Print medjp's own warnings (:class:`~medjp_agent.errors.MedjpWarning`) as one line, as errors are printed;
+    other warnings as Python prints them."""
+    import warnings
+
+    from medjp_agent.errors import MedjpWarning
+
+    python_shows = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, MedjpWarning):
+            err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            python_shows(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def _print_load_warnings(dataset: Any, skip_reason: str, shown: int = 10) -> None:
     """What loaded with something unknown, and the count of bad records skipped (``skip_reason`` says why they
     were): nothing goes unsaid."""
