@@ -130,6 +130,13 @@ def test_library_noise_is_silenced_and_real_warnings_kept(caplog):
         logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure", "x")
         logger.warning("something real")
     assert [r.getMessage() for r in caplog.records] == ["something real"]
+    caplog.clear()
+    gepa = logging.getLogger("dspy.teleprompt.gepa.gepa")
+    with caplog.at_level(logging.INFO):
+        gepa.info("Batched reflection failed (prompt too long); retrying per task.")
+        gepa.info("Traceback (most recent call last):\n  File \"x.py\", line 1\nNotRun: prompt too long")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Batched reflection failed (prompt too long); retrying per task."]
 
 
 def test_version():
