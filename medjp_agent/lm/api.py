@@ -9,7 +9,9 @@ A reply is accepted only if it holds every requested completion with text. Anyth
 exponential backoff and never cached: timeouts, dropped or refused connections, 5xx and 429, a malformed body, and
 an empty or ``null`` completion or ``choices: []``. A server that keeps failing raises :class:`ServerUnavailable`
 (the run stops, finished questions saved); one that keeps answering with empty completions raises :class:`NotRun`
-for that question, which is then recorded as not run, never as a wrong answer.
+for that question, which is then recorded as not run, never as a wrong answer. So does a prompt the server refuses
+as longer than its model's context. Fewer completions than ``n``, each with text, mean a server that ignores ``n``:
+:class:`RequestRejected`, not retried.
 
 Accepted replies are cached in DSPy's cache (``dspy.cache``, ``DSPY_CACHEDIR``), keyed by endpoint and request
 body: the same prompt to the same served model is the same answer on any server URL. Each reply's ``usage`` holds
@@ -26,7 +28,7 @@ from typing import Any
 import dspy
 
 from ..redact import redact_text, remember
-from .errors import NotRun, ServerUnavailable
+from .errors import NotRun, RequestRejected, ServerUnavailable
 from .finish import KEY as FINISH_REASONS
 from .finish import TRUNCATED, finish_counts
 from .http import ServerClient, Transient
@@ -146,8 +148,11 @@ class APILM(dspy.BaseLM):
         if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
             raise Transient(f"malformed reply (no list of choices): {str(reply)[:300]}")
         answered = sum(_answered(c, call.raw) for c in choices)
-        if len(choices) < call.n or answered < len(choices):
+        if not choices or answered < len(choices):
             raise EmptyReply(f"{answered} of the {call.n} completions asked for have text")
+        if len(choices) < call.n:  # every one has text: the server ignores n, and would on every retry
+            raise RequestRejected(f"the server at {self.http.base_url} returned {len(choices)} completions where "
+                                  f"n={call.n} were asked: it ignores n, which sampling needs (vLLM supports it)")
         usage = {**(reply.get("usage") or {}), FINISH_REASONS: finish_counts(c.get("finish_reason") for c in choices)}
         accepted = {"model": reply.get("model") or self.model, "choices": choices, "usage": usage}
         if call.cache_key is not None:

@@ -5,8 +5,9 @@ encode/decode, not a new client, socket and SSL context (LiteLLM built all three
 each time, ~20 ms). Requests go straight to httpx's transports: ``httpx.Client``'s cookie jar, auth and redirect
 layers cost more client CPU than the rest of a request (measured ~0.15 ms of ~0.45 ms) and a server API needs
 none of them. Only an ``https`` server gets a verifying SSL context, created once and shared by the thread and
-asyncio pools. A failure is classified here, once, for both paths: :class:`Transient` (worth a retry) or
-:class:`RequestRejected` (the request itself is wrong).
+asyncio pools. A failure is classified here, once, for both paths: :class:`Transient` (worth a retry),
+:class:`NotRun` (a prompt too long for the served model: only this question) or :class:`RequestRejected` (the
+request itself is wrong).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import base64
 import itertools
 import os
+import re
 import ssl
 import threading
 import urllib.request
@@ -25,7 +27,7 @@ import httpx
 import orjson
 
 from ..redact import redact_text
-from .errors import RequestRejected
+from .errors import NotRun, RequestRejected
 
 #: Statuses a retry can fix: request timeout, conflict, too early, rate limited; every 5xx is retried too.
 _RETRY_STATUS = frozenset({408, 409, 425, 429})
@@ -35,6 +37,9 @@ _QUOTE = 300
 #: connections once per idle one (quadratic in its size): with 256 requests in flight on one pool that was 75 % of
 #: the client's CPU, on 32 pools still half. Spread over 128 pools, each holds a couple of connections.
 SHARDS = 128
+#: A refusal that names the model's context (vLLM, SGLang, llama.cpp, OpenAI wordings): this prompt is too long for
+#: the served model, as the local backend's "prompt too long". Only this question cannot be asked.
+_TOO_LONG = re.compile(r"context (length|size|window)|maximum model length|context_length_exceeded", re.IGNORECASE)
 
 
 class Transient(Exception):
@@ -188,14 +193,21 @@ def environment_proxy(base_url: str) -> str | None:
 def _parse(request: httpx.Request, response: httpx.Response) -> Any:
     status = response.status_code
     if status in _RETRY_STATUS or status >= 500:
-        raise Transient(f"HTTP {status}: {response.text[:_QUOTE]}", _retry_after(response))
+        raise Transient(f"HTTP {status}: {_quote(response)}", _retry_after(response))
     if status >= 400:
-        raise RequestRejected(f"{redact_text(str(request.url))} refused the request (HTTP {status}): "
-                              f"{response.text[:_QUOTE]}")
+        said = _quote(response)
+        if status in (400, 413, 422) and _TOO_LONG.search(response.text):
+            raise NotRun(f"prompt too long for the served model (HTTP {status}: {said})")
+        raise RequestRejected(f"{redact_text(str(request.url))} refused the request (HTTP {status}): {said}")
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError as e:
         raise Transient(f"malformed reply (not JSON: {e}): {response.text[:_QUOTE]!r}") from e
+
+
+def _quote(response: httpx.Response) -> str:
+    """The start of a reply's body on one line: a proxy's HTML error page spans many, and messages are one line."""
+    return " ".join(response.text[:_QUOTE].split())
 
 
 def _retry_after(response: httpx.Response) -> float | None:
