@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -139,11 +139,8 @@ class TrainConfig:
     def _check_types(self) -> None:
         hints = get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
-            hint = hints[f.name]
-            # Containers (shots, columns, the format mapping) are checked by value below.
-            if get_origin(hint) is Literal or hint in (int, float, bool):
-                if (problem := type_problem(hint, getattr(self, f.name))) is not None:
-                    raise TrainConfigError(f.name, problem)
+            if (problem := _type_problem(hints[f.name], getattr(self, f.name))) is not None:
+                raise TrainConfigError(f.name, problem)
 
     def _check_values(self) -> None:
         positive_ints = ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "save_steps",
@@ -231,6 +228,24 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False), encoding="utf-8")
         return path
 
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """:func:`type_problem`, item by item for the containers: a YAML ``data: 3`` or ``eval_data: [3]`` must stop
+    here naming the field, not as a TypeError deep in the run after the model has loaded."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            return f"expected a list, got {value!r}"
+        return next((p for item in value if (p := type_problem(get_args(hint)[0], item)) is not None), None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"expected a mapping of FIELD: COLUMN, got {value!r}"
+        return next((p for pair in value.items() for v in pair if (p := type_problem(str, v)) is not None), None)
+    if any(get_origin(kind) is dict for kind in get_args(hint)):
+        # `format`: a name, or a PromptFormat mapping that prompt_format() checks field by field.
+        return None if isinstance(value, str | dict) else f"expected a format name or a mapping, got {value!r}"
+    return type_problem(hint, value)
 
 
 def _coerce(value: Any, hint: Any) -> Any:

@@ -60,9 +60,13 @@ def load_training_questions(cfg: TrainConfig) -> Dataset:
     if not path.is_file():
         raise TrainConfigError("data", f"{path}: no such file")
     try:
-        return load_dataset(path, columns=cfg.columns or None)
+        questions = load_dataset(path, columns=cfg.columns or None)
     except DataError as e:
         raise TrainConfigError("data", str(e)) from None
+    if not len(questions):
+        # Said here: later checks would blame `target` or `validation_fraction` for an empty file.
+        raise TrainConfigError("data", f"{path}: holds no questions")
+    return questions
 
 
 def check_contamination(cfg: TrainConfig, questions: Dataset) -> list[ContaminationReport]:

@@ -44,9 +44,12 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | None = No
 
     Raises:
         PickleWeightsError: the base or the adapter folder holds pickle weights only.
+        ValueError: an unknown ``dtype``, or a base whose layers have other shapes than the adapter's.
     """
     import torch
     from peft import PeftModel
+
+    from medjp_agent.lm.adapters import other_shapes
     from transformers import AutoModelForCausalLM
 
     from medjp_agent.lm.loading import load_tokenizer
@@ -65,7 +68,12 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | None = No
         raise ValueError(f"dtype {dtype!r} is not one of bfloat16, float16, float32")
     model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                       use_safetensors=True)
-    merged = PeftModel.from_pretrained(model, str(adapter), use_safetensors=True).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(model, str(adapter), use_safetensors=True).merge_and_unload()
+    except RuntimeError as e:
+        if (refused := other_shapes(e, str(adapter), source)) is None:
+            raise
+        raise refused from None
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out), safe_serialization=True)
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()

@@ -51,7 +51,7 @@ class MetricsLog(TrainerCallback):
         if not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if (at := _step(line)) is not None and at <= step]
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -60,6 +60,15 @@ class MetricsLog(TrainerCallback):
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def _step(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line; None for a blank line or the torn last line a kill in the middle of
+    a write leaves, which a resumed run drops rather than stopping on."""
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ Under ``accelerate launch`` every process runs :func:`train`; distributed.py say
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,10 @@ from .weights import refuse_pickle_weights
 
 #: Fields a resumed run may change: how long it runs and how it checkpoints and logs, not what it trains.
 RESUMABLE_CHANGES = ("epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps")
+#: Path fields a resume does not compare as text, since a resume from another working directory spells them
+#: differently: ``out`` is the folder being resumed, ``data`` is compared by the fingerprint of the rendered examples,
+#: and ``eval_data`` only feeds the contamination check, which runs again.
+PATHS_NOT_COMPARED = ("out", "data", "eval_data")
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
     Args:
         cfg: The run's configuration.
         resume: Continue from the last checkpoint in ``cfg.out`` (start fresh when there is none). Without it, a
-            folder that already holds checkpoints is refused rather than mixed with.
+            folder that already holds checkpoints is refused rather than mixed with; either way, so is a non-empty
+            folder that is not a run's, and a finished run's whose checkpoints are gone (its adapter would be lost).
         console: Where progress and warnings go.
         callbacks: Extra ``transformers.TrainerCallback`` objects.
 
@@ -138,7 +144,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
 # -- pieces -----------------------------------------------------------------------------------------------------------
 def _base_model(cfg: TrainConfig) -> str:
     if cfg.model:
-        return cfg.model
+        # A local folder is saved absolute (lexically: a symlinked model stays as named), so a resume or a merge
+        # from another working directory finds the same base; anything else is a hub id.
+        return os.path.abspath(cfg.model) if Path(cfg.model).exists() else cfg.model
     from medjp_agent.lm.tiny import ensure_tiny_model
 
     return str(ensure_tiny_model())
@@ -157,9 +165,21 @@ def _contamination(cfg: TrainConfig, questions: Any, console: Console) -> tuple[
 def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: bool, console: Console,
                   main: bool = True) -> str | None:
     """The newest complete checkpoint to resume from (see checkpoints.py), after checking the run matches."""
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not (out / "train_config.yaml").is_file() and not checkpoints(out):
+        # Not a run folder (a run writes train_config.yaml before anything else): a run would overwrite its
+        # README.md (TRL's model card), data.json or metrics.jsonl, and mix its own files with the rest.
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise TrainConfigError("out", f"{out} is not empty ({shown}) and is not a training run folder: choose a new "
+                               "or empty --out")
     if checkpoints(out) and not resume:
         raise TrainConfigError("out", f"{out} already holds checkpoints; pass --resume to continue that run, or "
                                "choose another --out")
+    if (out / "adapter").exists() and not checkpoints(out):
+        # A finished run whose checkpoints were deleted: training again, resumed or not, starts at step 0 and
+        # would replace its adapter and its metrics.
+        raise TrainConfigError("out", f"{out} already holds a trained adapter ({out / 'adapter'}) and no checkpoint "
+                               "to continue from: choose another --out")
     if not resume:
         return None
     last, notes = newest_complete(out, set_aside=main)
@@ -170,8 +190,11 @@ def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: 
             console.print(f"no complete checkpoint in {out}: starting from step 0", highlight=False)
         return None
     saved = TrainConfig.from_yaml(out / "train_config.yaml").to_dict()
+    if saved.get("model") and Path(saved["model"]).exists():
+        # Runs started before local models were saved absolute hold the path as typed, relative to where it ran.
+        saved["model"] = os.path.abspath(saved["model"])
     for name, value in resolved.to_dict().items():
-        if name not in RESUMABLE_CHANGES and saved.get(name) != value:
+        if name not in RESUMABLE_CHANGES + PATHS_NOT_COMPARED and saved.get(name) != value:
             raise TrainConfigError(name, f"differs from the run being resumed in {out} ({saved.get(name)!r} there, "
                                    f"{value!r} now)")
     saved_print = json.loads((out / "data.json").read_text(encoding="utf-8"))["fingerprint"]

@@ -69,12 +69,30 @@ def attach_adapters(model: Any, adapters: Sequence[AdapterSpec]) -> tuple[Any, d
 
     if not adapters:
         return model, {}
-    first, *rest = adapters
-    model = PeftModel.from_pretrained(model, first.source, adapter_name=first.name, is_trainable=False)
-    for adapter in rest:
-        model.load_adapter(adapter.source, adapter_name=adapter.name, is_trainable=False)
-    model.eval()
-    return model, {a.name: fingerprint(a.source) for a in adapters}
+    base, peft_model = model.config.name_or_path, None
+    for adapter in adapters:
+        try:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(model, adapter.source, adapter_name=adapter.name,
+                                                       is_trainable=False)
+            else:
+                peft_model.load_adapter(adapter.source, adapter_name=adapter.name, is_trainable=False)
+        except RuntimeError as e:
+            if (refused := other_shapes(e, adapter.source, base)) is None:
+                raise
+            raise refused from None
+    peft_model.eval()
+    return peft_model, {a.name: fingerprint(a.source) for a in adapters}
+
+
+def other_shapes(error: RuntimeError, adapter: str, base: str) -> ConfigError | None:
+    """PEFT's error for an adapter trained on a base of other shapes, in one line (PEFT lists every mismatched
+    tensor: hundreds of lines for a real model, the first shows the cause); None for any other error."""
+    lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+    if not lines:
+        return None
+    return ConfigError(f"{adapter} does not fit the base model {base}, whose layers have other shapes (was the "
+                       f"adapter trained on another base?): {lines[0]}")
 
 
 @contextlib.contextmanager
