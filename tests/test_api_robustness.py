@@ -32,13 +32,15 @@ BAD_GATEWAY = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\
 
 class ScriptedServer:
     """Answers ``/v1/chat/completions`` and ``/v1/completions`` with ``text``; ``script`` queues replies
-    ``(status, body, content type)`` for the next requests. ``one_choice``: ignore ``n`` (one completion always)."""
+    ``(status, body, content type)`` for the next requests. ``one_choice``: ignore ``n`` (one completion always).
+    ``GET /v1/models`` lists ``served``, or is not found when it is None."""
 
     def __init__(self, text: str = "考察\n答え：a", one_choice: bool = False):
         self.text = text
         self.one_choice = one_choice
         self.script: deque[tuple[int, str, str]] = deque()
         self.bodies: list[dict[str, Any]] = []
+        self.served: list[str] | None = None
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._http.daemon_threads = True
 
@@ -65,7 +67,16 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            status, body, kind = server.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.answer(*server.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path != "/v1/models" or server.served is None:
+                self.answer(404, '{"detail": "Not Found"}', "application/json")
+                return
+            listed = {"object": "list", "data": [{"id": name, "object": "model"} for name in server.served]}
+            self.answer(200, json.dumps(listed), "application/json")
+
+        def answer(self, status: int, body: str, kind: str) -> None:
             payload = body.encode()
             self.send_response(status)
             self.send_header("Content-Type", kind)
@@ -134,3 +145,39 @@ def test_a_refused_prompt_is_not_run_on_the_async_path_too(scripted: ScriptedSer
     scripted.script.append((400, json.dumps(TOO_LONG), "application/json"))
     with pytest.raises(NotRun, match="prompt too long for the served model"):
         asyncio.run(client(scripted).acall(messages=raw("長すぎる")))
+
+
+#: vLLM's reply to a model name it does not serve.
+NO_SUCH_MODEL = {"object": "error", "message": "The model `wrong` does not exist.", "type": "NotFoundError",
+                 "param": None, "code": 404}
+
+
+@pytest.mark.parametrize("served", [["swallow-70b", "medical-lora"], None], ids=["models-listed", "no-models-path"])
+def test_a_404_says_which_models_the_server_serves_or_that_the_url_is_wrong(scripted: ScriptedServer, served):
+    scripted.served = served
+    scripted.script.append((404, json.dumps(NO_SUCH_MODEL), "application/json"))
+    api = client(scripted)
+    with pytest.raises(RequestRejected) as caught:
+        api(messages=raw("誰"))
+    if served:
+        assert str(caught.value) == (f"the server at {scripted.url} serves no model named {api.model!r}; it serves "
+                                     "swallow-70b, medical-lora: pass one as --model")
+    else:
+        assert str(caught.value).endswith(f"GET {scripted.url}/models is not found either: is --api-base the API's "
+                                          "URL (an OpenAI-compatible server's usually ends in /v1)?")
+        assert "refused the request (HTTP 404)" in str(caught.value)
+
+
+def test_a_404_for_a_served_model_keeps_the_servers_own_words(scripted: ScriptedServer):
+    api = client(scripted)
+    scripted.served = [api.model]
+    scripted.script.append((404, '{"detail": "route gone"}', "application/json"))
+    with pytest.raises(RequestRejected, match=r"refused the request \(HTTP 404\): \{\"detail\": \"route gone\"\}$"):
+        api(messages=raw("誰"))
+
+
+def test_a_404_on_the_async_path_names_the_served_models_too(scripted: ScriptedServer):
+    scripted.served = ["swallow-70b"]
+    scripted.script.append((404, json.dumps(NO_SUCH_MODEL), "application/json"))
+    with pytest.raises(RequestRejected, match="it serves swallow-70b: pass one as --model"):
+        asyncio.run(client(scripted).acall(messages=raw("誰")))

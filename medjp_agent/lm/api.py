@@ -114,6 +114,9 @@ class APILM(dspy.BaseLM):
                 return self._accept(call, self.http.post(call.path, call.body))
             except Transient as failure:
                 time.sleep(self._delay_after(failure, attempt))
+            except RequestRejected as refused:
+                self._explain_not_found(refused)
+                raise
             attempt += 1
 
     async def aforward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
@@ -126,6 +129,9 @@ class APILM(dspy.BaseLM):
                 return self._accept(call, await self.http.apost(call.path, call.body))
             except Transient as failure:
                 await asyncio.sleep(self._delay_after(failure, attempt))
+            except RequestRejected as refused:
+                self._explain_not_found(refused)  # a blocking lookup, once, as the run stops
+                raise
             attempt += 1
 
     # -- one request ---------------------------------------------------------------------------------------------------
@@ -158,6 +164,22 @@ class APILM(dspy.BaseLM):
         if call.cache_key is not None:
             dspy.cache.put(call.cache_key, accepted)
         return accepted
+
+    def _explain_not_found(self, refused: RequestRejected) -> None:
+        """For a 404, raise what it means, asking the server which models it serves: a ``--model`` it does not serve
+        (naming those it does), or an ``--api-base`` without the API's path (``/models`` is not found either)."""
+        if refused.status != 404:
+            return
+        where = self.http.base_url
+        try:
+            listed = self.http.get("/models")
+            served = [str(m.get("id")) for m in listed["data"] if isinstance(m, dict)]
+        except (Transient, RequestRejected, KeyError, TypeError):
+            raise RequestRejected(f"{refused}; GET {where}/models is not found either: is --api-base the API's URL "
+                                  "(an OpenAI-compatible server's usually ends in /v1)?", 404) from None
+        if self.model not in served:
+            raise RequestRejected(f"the server at {where} serves no model named {self.model!r}; it serves "
+                                  f"{', '.join(served) or 'none'}: pass one as --model", 404) from None
 
     def _delay_after(self, failure: Transient, attempt: int) -> float:
         """Seconds to wait before retry ``attempt + 1``; after the last retry, raise why the request failed."""

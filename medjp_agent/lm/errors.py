@@ -28,4 +28,9 @@ class ServerUnavailable(LMError):
 
 
 class RequestRejected(LMError):
-    """The server refused the request (4xx other than rate limiting): retrying the same request cannot help."""
+    """The server refused the request (4xx other than rate limiting): retrying the same request cannot help.
+    ``status`` is the HTTP status, when the refusal was one."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

@@ -94,7 +94,14 @@ class ServerClient:
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """The JSON reply to ``body`` at ``path`` (from a thread)."""
-        request = self._request(path, body)
+        return self._send(self._request(path, body))
+
+    def get(self, path: str) -> Any:
+        """The JSON reply to a GET of ``path`` (from a thread): for lookups such as ``/models``."""
+        return self._send(httpx.Request("GET", httpx.URL(self.base_url + path), headers=self.headers,
+                                        extensions=self.extensions))
+
+    def _send(self, request: httpx.Request) -> Any:
         try:
             response = self._thread_transport().handle_request(request)
             try:
@@ -198,7 +205,7 @@ def _parse(request: httpx.Request, response: httpx.Response) -> Any:
         said = _quote(response)
         if status in (400, 413, 422) and _TOO_LONG.search(response.text):
             raise NotRun(f"prompt too long for the served model (HTTP {status}: {said})")
-        raise RequestRejected(f"{redact_text(str(request.url))} refused the request (HTTP {status}): {said}")
+        raise RequestRejected(f"{redact_text(str(request.url))} refused the request (HTTP {status}): {said}", status)
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError as e:
