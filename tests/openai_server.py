@@ -1,6 +1,7 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks, with failure injection.
 
-It serves ``POST /v1/chat/completions`` and ``POST /v1/completions`` (what vLLM serves) over HTTP/1.1 keep-alive
+It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` (what vLLM serves; the
+models listed are ``served``, by default its own name, and None answers 404) over HTTP/1.1 keep-alive
 from a stdlib ``ThreadingHTTPServer`` in a background thread, answering from ``lm.complete(messages=..., **params)``
 (an :class:`HFLM`, or :class:`FixedReply` for an instant stub). Failures are injected on demand:
 
@@ -8,7 +9,8 @@ from a stdlib ``ThreadingHTTPServer`` in a background thread, answering from ``l
   ``hang_s``), ``"500"`` (an internal error), ``"429"`` (rate limited), ``"400"`` (a refused request),
   ``"malformed"`` (a 200 whose body is not JSON), ``"empty"`` / ``"null"`` (a 200 whose completion text is
   ``""`` / ``null``), ``"no_choices"`` (``choices: []``), ``"drop"`` (the connection closes with no reply),
-  ``"truncated"`` (each completion cut to half its text, ``finish_reason: "length"``);
+  ``"truncated"`` (each completion cut to half its text, ``finish_reason: "length"``); :meth:`OpenAIServer.reply`
+  queues a reply of its own (status, body, content type), as a real server or a proxy in front of it words one;
 - :meth:`OpenAIServer.outage_after` admits ``n`` more requests, then answers 503 to everything until
   :meth:`OpenAIServer.recover`;
 - :meth:`OpenAIServer.stop` closes the socket and every open connection (connection refused),
@@ -38,13 +40,16 @@ _EMPTY_FAULTS = {"empty": "", "null": None, "no_choices": "drop"}
 
 
 class FixedReply:
-    """An instant "model": every completion is ``text``, ended for ``finish_reason``."""
+    """An instant "model": every completion is ``text``, ended for ``finish_reason``; ``ignores_n``: one completion
+    whatever ``n`` asks, as some servers do."""
 
-    def __init__(self, text: str, finish_reason: str = "stop"):
+    def __init__(self, text: str, finish_reason: str = "stop", ignores_n: bool = False):
         self.text = text
         self.finish_reason = finish_reason
+        self.ignores_n = ignores_n
 
     def complete(self, messages: list[dict[str, Any]], n: int = 1, **_params: Any) -> Generation:
+        n = 1 if self.ignores_n else n
         return Generation(texts=(self.text,) * n, finish_reasons=(self.finish_reason,) * n,
                           prompt_tokens=sum(len(str(m["content"])) for m in messages), completion_tokens=n)
 
@@ -66,8 +71,9 @@ class OpenAIServer:
         self.peers: list[tuple[str, int]] = []
         self.authorizations: list[str] = []
         self.peak_in_flight = 0
+        self.served: list[str] | None = [name]
         self._in_flight = 0
-        self._faults: deque[str] = deque()
+        self._faults: deque[str | tuple[int, str, str]] = deque()
         self._outage_after: int | None = None
         self._admitted = 0
         self._lock = threading.Lock()
@@ -107,6 +113,11 @@ class OpenAIServer:
         with self._lock:
             self._faults.extend(faults)
 
+    def reply(self, status: int, body: str, content_type: str = "application/json") -> None:
+        """Queue ``(status, body, content type)`` as the reply to a request, after the faults already queued."""
+        with self._lock:
+            self._faults.append((status, body, content_type))
+
     def outage_after(self, n: int) -> None:
         with self._lock:
             self._outage_after = self._admitted + n
@@ -115,7 +126,7 @@ class OpenAIServer:
         with self._lock:
             self._outage_after = None
 
-    def _next_fault(self, peer: tuple[str, int], authorization: str) -> str | None:
+    def _next_fault(self, peer: tuple[str, int], authorization: str) -> str | tuple[int, str, str] | None:
         """The fault for a request that just arrived, or None to answer it (counted as admitted)."""
         with self._lock:
             self.peers.append(peer)
@@ -222,6 +233,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.path.endswith(("/chat/completions", "/completions")):
             return self._send(404, b'{"error": {"message": "not found"}}')
         fault = server._next_fault(self.client_address, self.headers.get("Authorization", ""))
+        if isinstance(fault, tuple):
+            status, text, content_type = fault
+            return self._send(status, text.encode(), content_type)
         if fault == "timeout":
             time.sleep(server.hang_s)
         elif fault in ("400", "429", "500", "503"):
@@ -238,10 +252,17 @@ class _Handler(BaseHTTPRequestHandler):
             reply = truncated(reply)
         self._send(200, json.dumps(reply, ensure_ascii=False).encode())
 
-    def _send(self, status: int, payload: bytes) -> None:
+    def do_GET(self) -> None:  # noqa: N802
+        served = self.owner.served
+        if not self.path.endswith("/models") or served is None:
+            return self._send(404, b'{"detail": "Not Found"}')
+        listed = {"object": "list", "data": [{"id": name, "object": "model"} for name in served]}
+        self._send(200, json.dumps(listed).encode())
+
+    def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
