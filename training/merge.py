@@ -48,10 +48,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, base: str | None = No
     """
     import torch
     from peft import PeftModel
-
-    from medjp_agent.lm.adapters import other_shapes
     from transformers import AutoModelForCausalLM
 
+    from medjp_agent.lm.adapters import other_shapes
     from medjp_agent.lm.loading import load_tokenizer
 
     from .fsdp import under_fsdp

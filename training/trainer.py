@@ -144,12 +144,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
 # -- pieces -----------------------------------------------------------------------------------------------------------
 def _base_model(cfg: TrainConfig) -> str:
     if cfg.model:
-        # A local folder is saved absolute (lexically: a symlinked model stays as named), so a resume or a merge
-        # from another working directory finds the same base; anything else is a hub id.
-        return os.path.abspath(cfg.model) if Path(cfg.model).exists() else cfg.model
+        return _absolute_if_local(cfg.model)
     from medjp_agent.lm.tiny import ensure_tiny_model
 
     return str(ensure_tiny_model())
+
+
+def _absolute_if_local(model: str) -> str:
+    """A local model folder as an absolute path (lexically: a symlinked model stays as named), so a resume or a
+    merge from another working directory finds the same base; anything else is a hub id, kept as it is."""
+    return os.path.abspath(model) if Path(model).exists() else model
 
 
 def _contamination(cfg: TrainConfig, questions: Any, console: Console) -> tuple[str, ...]:
@@ -166,16 +170,17 @@ def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: 
                   main: bool = True) -> str | None:
     """The newest complete checkpoint to resume from (see checkpoints.py), after checking the run matches."""
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if held and not (out / "train_config.yaml").is_file() and not checkpoints(out):
+    saved_steps = checkpoints(out)
+    if held and not (out / "train_config.yaml").is_file() and not saved_steps:
         # Not a run folder (a run writes train_config.yaml before anything else): a run would overwrite its
         # README.md (TRL's model card), data.json or metrics.jsonl, and mix its own files with the rest.
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise TrainConfigError("out", f"{out} is not empty ({shown}) and is not a training run folder: choose a new "
                                "or empty --out")
-    if checkpoints(out) and not resume:
+    if saved_steps and not resume:
         raise TrainConfigError("out", f"{out} already holds checkpoints; pass --resume to continue that run, or "
                                "choose another --out")
-    if (out / "adapter").exists() and not checkpoints(out):
+    if (out / "adapter").exists() and not saved_steps:
         # A finished run whose checkpoints were deleted: training again, resumed or not, starts at step 0 and
         # would replace its adapter and its metrics.
         raise TrainConfigError("out", f"{out} already holds a trained adapter ({out / 'adapter'}) and no checkpoint "
@@ -190,9 +195,9 @@ def _resume_point(out: Path, resolved: TrainConfig, data: TrainingData, resume: 
             console.print(f"no complete checkpoint in {out}: starting from step 0", highlight=False)
         return None
     saved = TrainConfig.from_yaml(out / "train_config.yaml").to_dict()
-    if saved.get("model") and Path(saved["model"]).exists():
+    if saved.get("model"):
         # Runs started before local models were saved absolute hold the path as typed, relative to where it ran.
-        saved["model"] = os.path.abspath(saved["model"])
+        saved["model"] = _absolute_if_local(saved["model"])
     for name, value in resolved.to_dict().items():
         if name not in RESUMABLE_CHANGES + PATHS_NOT_COMPARED and saved.get(name) != value:
             raise TrainConfigError(name, f"differs from the run being resumed in {out} ({saved.get(name)!r} there, "
