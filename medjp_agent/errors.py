@@ -43,6 +43,8 @@ class RunInterrupted(MedjpError):
 
 #: Seeds reach numpy's generator (Optuna's samplers, DSPy's optimizers, transformers), which takes 32-bit ones.
 SEEDS = range(2**32)
+#: What a seed outside :data:`SEEDS` is told.
+SEED_RULE = "must be in [0, 2**32)"
 
 
 def check_settings(*checks: tuple[str, object, bool, str]) -> None:

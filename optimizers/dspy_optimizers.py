@@ -23,7 +23,7 @@ import dspy
 from dspy.utils.callback import BaseCallback
 
 from medjp_agent.data import Question
-from medjp_agent.errors import SEEDS, ConfigError, MedjpWarning, check_settings
+from medjp_agent.errors import SEED_RULE, SEEDS, ConfigError, MedjpWarning, check_settings
 from medjp_agent.lm.errors import NotRun
 from medjp_agent.scoring import grade
 from medjp_agent.signatures import MedicalQA
@@ -62,7 +62,7 @@ class OptimizerSettings:
                        ("--steps", self.steps, self.steps >= 1, "must be at least 1"),
                        ("--max-metric-calls", calls, calls is None or calls >= 1, "must be at least 1"),
                        ("--threads", self.threads, self.threads >= 1, "must be at least 1"),
-                       ("--seed", self.seed, self.seed in SEEDS, "must be in [0, 2**32)"))
+                       ("--seed", self.seed, self.seed in SEEDS, SEED_RULE))
 
 
 def question_key(question: str, choices: Sequence[str]) -> tuple[str, tuple[str, ...]]:

@@ -25,7 +25,7 @@ from medjp_agent.data import Question
 from medjp_agent.results import MANIFEST, RunManifest
 from medjp_agent.signatures import PAPER_FORMATS, PromptFormat, resolve_format
 
-from medjp_agent.errors import SEEDS, ConfigError, check_settings
+from medjp_agent.errors import SEED_RULE, SEEDS, ConfigError, check_settings
 from medjp_agent.suggest import did_you_mean
 
 from .liveness import Liveness
@@ -81,7 +81,7 @@ class SearchSettings:
                               f"{did_you_mean(self.sampler, SAMPLERS)}")
         check_settings(
             ("--p-threshold", self.p_threshold, 0 < self.p_threshold < 1, "must be in (0, 1)"),
-            ("--seed", self.seed, self.seed in SEEDS, "must be in [0, 2**32)"),
+            ("--seed", self.seed, self.seed in SEEDS, SEED_RULE),
             ("--n-startup-steps", self.n_startup_steps, self.n_startup_steps >= MIN_STARTUP_STEPS,
              f"must be at least {MIN_STARTUP_STEPS} (on fewer paired questions SciPy's Wilcoxon test is exhaustive: "
              "seconds per answered question)"),

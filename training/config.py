@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from medjp_agent.data.fields import type_problem
-from medjp_agent.errors import SEEDS
+from medjp_agent.errors import SEED_RULE, SEEDS
 
 Target = Literal["explanation", "answer"]
 Dtype = Literal["bfloat16", "float16", "float32"]
@@ -159,7 +159,7 @@ class TrainConfig:
             ("max_steps", self.max_steps == -1 or self.max_steps > 0, "must be -1 (use epochs) or positive"),
             ("weight_decay", self.weight_decay >= 0, "must not be negative"),
             ("max_grad_norm", self.max_grad_norm >= 0, "must not be negative (0: no clipping)"),
-            ("seed", self.seed in SEEDS, "must be in [0, 2**32)"),
+            ("seed", self.seed in SEEDS, SEED_RULE),
             ("shots", bool(self.shots) and all(isinstance(k, int) and -1 <= k <= 8 for k in self.shots),
              "must hold -1 (the format's) or 0..8"),
             ("overlap_ngram", self.overlap_ngram >= 2, "must be at least 2"),

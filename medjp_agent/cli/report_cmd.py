@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from medjp_agent.errors import SEEDS
+
 from .options import ByOpt, console, err_console, fail, writable_file, writable_folder
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
         alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Family-wise error rate for the Holm-adjusted McNemar tests.")] = 0.05,
         confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Coverage of the paired bootstrap CI.")] = 0.95,
         n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples (at least 100: fewer give no usable interval).")] = 10_000,
-        seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap.")] = 0,
+        seed: Annotated[int, typer.Option(min=SEEDS.start, max=SEEDS.stop - 1, help="Seed of the bootstrap.")] = 0,
         md: Annotated[bool, typer.Option("--md", help="Print the tables as Markdown instead of rich tables.")] = False,
         html_out: Annotated[Path | None, typer.Option("--html", callback=writable_file, help="Write one self-contained HTML report (tables and embedded plots).")] = None,
         plots: Annotated[bool, typer.Option("--plots", help=f"Write the plots as PNG files (into {DEFAULT_PLOTS}/ unless --plots-dir).")] = False,
