@@ -126,8 +126,9 @@ def in_worker(fn: Any) -> Any:
     """``fn`` to run in a new thread that ends with it, returning its result.
 
     OpenMP keeps a team of threads for each thread that ran torch in parallel, for as long as that thread lives;
-    with spin-waiting, a live idle team slowed the evaluation's decoding steps that followed by a third. The backend
-    generates in its batcher's thread, which ends when its LM closes; the raw rows' threads end too.
+    with spin-waiting, a live idle team slowed the evaluation's decoding steps that followed (11-12 ms a step on
+    both threads instead of 7). The backend generates in its batcher's thread, which ends when its LM closes; the
+    raw rows' threads end too.
     """
     def run() -> Any:
         with ThreadPoolExecutor(1, thread_name_prefix="bench-raw") as worker:

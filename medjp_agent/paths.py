@@ -3,9 +3,8 @@
 Names a user chooses (a format's name, a finalist's) become folder and file names; :func:`slug_error` says when one
 cannot, and :func:`inside` builds a path from names and proves it stays under its parent, so a name like
 ``../../x`` or ``/abs/x`` can never write outside ``runs/``. :func:`replace_text` writes a file so that a kill at
-any moment leaves either the old content or the new, never a truncated mix.
-:func:`folder_write_error` proves an output folder writable while
-flags are read, before the work whose files it will hold.
+any moment leaves either the old content or the new, never a truncated mix. :func:`folder_write_error` proves an
+output folder writable while flags are read, before the work whose files it will hold.
 """
 
 from __future__ import annotations

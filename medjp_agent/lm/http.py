@@ -98,8 +98,7 @@ class ServerClient:
 
     def get(self, path: str) -> Any:
         """The JSON reply to a GET of ``path`` (from a thread): for lookups such as ``/models``."""
-        return self._send(httpx.Request("GET", httpx.URL(self.base_url + path), headers=self.headers,
-                                        extensions=self.extensions))
+        return self._send(self._request(path))
 
     def _send(self, request: httpx.Request) -> Any:
         try:
@@ -125,10 +124,13 @@ class ServerClient:
             raise Transient(f"{type(e).__name__}: {e}") from e
         return _parse(request, response)
 
-    def _request(self, path: str, body: dict[str, Any]) -> httpx.Request:
+    def _request(self, path: str, body: dict[str, Any] | None = None) -> httpx.Request:
+        """A POST of ``body`` to ``path``; a GET without one."""
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.base_url + path)
+        if body is None:
+            return httpx.Request("GET", url, headers=self.headers, extensions=self.extensions)
         return httpx.Request("POST", url, content=orjson.dumps(body), headers=self.headers,
                              extensions=self.extensions)
 

@@ -150,7 +150,6 @@ def runs_table(report: Report) -> ReportTable:
         o = r.overall
         if c is not None and c.n != o.n:  # paired on the shared questions only: say on how many
             delta += f" on {c.n}"
-
         n = str(o.n) if r.planned is None else f"{o.n} of {r.planned}"
         rows.append((r.label, *(getattr(r, f) or DASH for f in identity), n, pct(o.accuracy),
                      f"{o.points}/{o.points_possible}",
