@@ -32,7 +32,7 @@ costs every row: on a quiet machine the 5-shot ``generate`` took 0.98 s with it 
 evaluation 0.44 s against 0.37 s.)
 
 Run:
-    python benchmarks/bench_backend.py --json bench.json
+    python benchmarks/bench_backend.py --json benchmarks/results/backend.json
     python benchmarks/bench_backend.py --random-model 1b --load-in-4bit --skip-100m   # on a GPU node
 """
 
