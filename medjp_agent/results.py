@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,25 @@ from medjp_agent.redact import redact_argv, redact_text
 from medjp_agent.scoring import QuestionResult, aggregate, aggregate_by
 
 RESULTS, SUMMARY, MANIFEST = "results.jsonl", "summary.json", "manifest.json"
+#: The ``filters`` key listing the bad input records a ``--lenient`` load skipped (:func:`skipped_filter`).
+SKIPPED = "skipped"
+#: Skipped records listed one by one in a manifest; past that, a count (every search trial's manifest holds it).
+MAX_SKIPPED_LISTED = 100
 _GROUPS = ("year", "section", "category", "qtype")
 
 
 class RunMismatch(MedjpError, ValueError):
     """Resuming into a folder that holds a different run (other model, format or data)."""
+
+
+def skipped_filter(skipped: Sequence[str]) -> dict[str, Any]:
+    """The ``filters`` entry recording the bad records a lenient load skipped, each with its located reason (the
+    first :data:`MAX_SKIPPED_LISTED`), and their count; empty when none were."""
+    return {SKIPPED: {"count": len(skipped), "records": list(skipped[:MAX_SKIPPED_LISTED])}} if skipped else {}
+
+
+def _selection(filters: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in filters.items() if k != SKIPPED}
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,11 @@ class RunManifest:
 
     def same(self, key: str, value: Any) -> bool:
         """Whether identity field ``key`` equals ``value``; runs recorded before generation settings were (empty)
-        match any."""
+        match any. The bad records a lenient load skipped are recorded in ``filters`` but select nothing: a run
+        resumed after the file was mended asks the mended questions too."""
         mine = getattr(self, key)
+        if key == "filters":
+            mine, value = _selection(mine), _selection(value)
         return mine == value or (key == "generation" and not mine)
 
     def conflicts(self, wanted: dict[str, Any], has_results: bool) -> list[str]:

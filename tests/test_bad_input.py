@@ -18,7 +18,9 @@ from medjp_agent.data import load_igakuqa
 from medjp_agent.data.textfile import MAX_LINE_BYTES
 from medjp_agent.data import DataError
 from medjp_agent.report.verdict import Cutoff, year_verdict
-from medjp_agent.results import read_results
+from medjp_agent.report.build import subset_reasons
+from medjp_agent.results import (MAX_SKIPPED_LISTED, RunManifest, read_manifest, read_results, read_run,
+                                 skipped_filter)
 from medjp_agent.scoring import Extraction, QuestionResult
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -175,8 +177,26 @@ def test_lenient_counts_misnamed_sections_and_loads_the_rest(tmp_path: Path):
     assert sorted(Path(s.split(":")[0]).name for s in ds.skipped) == ["112-C.JSONL", "112-D_v2.jsonl", "112B.jsonl"]
     (tmp_path / "p.jsonl").write_text('{"problem_id": "T1", "prediction": "c"}\n', encoding="utf-8")
     res = runner.invoke(app, ["score", "--data", str(BAD / "misnamed-sections"), "--predictions",
-                              str(tmp_path / "p.jsonl"), "--lenient"])
+                              str(tmp_path / "p.jsonl"), "--lenient", "--out", str(tmp_path / "run")])
     assert res.exit_code == 0 and "skipped 3 bad records (--lenient)" in " ".join(res.output.split()), res.output
+    # The run folder keeps every skipped record with its located reason; the report says the run is a subset.
+    skipped = read_manifest(tmp_path / "run" / "manifest.json").filters["skipped"]
+    assert skipped["count"] == 3 and sorted(skipped["records"]) == sorted(ds.skipped)
+    assert "3 bad input records skipped (--lenient), listed in the manifest" in subset_reasons(read_run(tmp_path / "run"))
+
+
+def test_a_manifest_lists_the_first_skipped_records_and_counts_all():
+    rows = [f"data.jsonl:{i}: answer: bad" for i in range(MAX_SKIPPED_LISTED + 5)]
+    entry = skipped_filter(rows)["skipped"]
+    assert entry["count"] == len(rows) and entry["records"] == rows[:MAX_SKIPPED_LISTED]
+    assert skipped_filter([]) == {}
+
+
+def test_skipped_records_do_not_keep_a_mended_file_from_resuming():
+    """A run resumed after its data file was mended asks the mended questions too; other filters still clash."""
+    held = RunManifest(name="r", kind="eval", data="d.jsonl", filters={"years": [2018], **skipped_filter(["d:3: x"])})
+    assert held.conflicts({"kind": "eval", "filters": {"years": [2018]}}, has_results=True) == []
+    assert held.conflicts({"kind": "eval", "filters": {"years": [2019]}}, has_results=True) == ["filters"]
 
 
 def test_formats_show_reads_past_bad_records_and_says_why_without_naming_a_flag_it_does_not_have():

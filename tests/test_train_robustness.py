@@ -66,6 +66,40 @@ def test_an_empty_data_file_is_named_as_such(tmp_path: Path, tiny_model: Path):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def _memo_with_bad_records(tmp_path: Path) -> Path:
+    """The memo set with a torn JSON line (line 3) and a row whose answer is no option (line 5) among its rows."""
+    good = MEMO.read_text(encoding="utf-8").splitlines()
+    bad = json.loads(good[0]) | {"id": "memo-9", "answer_idx": "Z"}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join([*good[:2], '{"id": "memo-8", "question": "', *good[2:3], json.dumps(bad),
+                               *good[3:]]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_bad_training_record_is_located_and_the_lenient_switch_named(tmp_path: Path, tiny_model: Path):
+    data = _memo_with_bad_records(tmp_path)
+    result = medjp("train", "--data", data, "--model", tiny_model, "--out", tmp_path / "run")
+    text = one_line(result)
+    assert f"TrainConfig.data: {data}:3:" in text and "(--lenient, or `lenient: true` in the config, skips" in text
+
+
+@pytest.mark.slow
+def test_lenient_training_skips_bad_records_and_lists_each_in_the_run(tmp_path: Path, tiny_model: Path):
+    data = _memo_with_bad_records(tmp_path)
+    result = medjp("train", "--data", data, "--model", tiny_model, "--out", tmp_path / "run", "--lenient",
+                   "--format", "alpaca-labelled-in-header", "--validation-fraction", "0", "--eval-data", "sample",
+                   "--compute-dtype", "float32", "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1",
+                   "--no-gradient-checkpointing")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"skipped 2 bad records of {data} (lenient), each listed in {tmp_path / 'run'}/data.json" in said
+    listed = json.loads((tmp_path / "run" / "data.json").read_text(encoding="utf-8"))
+    manifest = json.loads((tmp_path / "run" / "adapter" / "train_manifest.json").read_text(encoding="utf-8"))
+    assert listed["n_train"] == 4 and manifest["data"] == listed
+    assert listed["skipped"]["count"] == 2
+    assert [r.split(": ")[0] for r in listed["skipped"]["records"]] == [f"{data}:3", f"{data}:5"]
+
+
 @pytest.mark.parametrize("resume", [[], ["--resume"]])
 def test_an_out_folder_that_is_not_a_run_is_refused_and_left_as_it_was(tmp_path: Path, tiny_model: Path,
                                                                        resume: list[str]):

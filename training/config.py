@@ -71,6 +71,8 @@ class TrainConfig:
                           "reasoning, then the answer line) or 'answer' (the answer line only; shorter and faster). "
                           "The paper's formats answer with the choice text only, as its harness expects, either way.",
                           "Data")
+    lenient: bool = _opt(False, "Skip bad records of `data` instead of stopping at the first; each is listed, with "
+                         "its file, line and reason, in the run's data.json and the adapter's manifest.", "Data")
     validation_fraction: float = _opt(0.1, "Share of the questions held out to report a validation loss (0: none).",
                                       "Data")
     split_seed: int = _opt(0, "Seed of the hash-based train/validation split.", "Data")

@@ -17,6 +17,7 @@ from typing import Any
 from medjp_agent.signatures import DemoSelector, PromptFormat, Renderer, default_pool
 
 from medjp_agent.data import SAMPLE, SAMPLE_DIR, DataError, Dataset, Question, load_dataset, split
+from medjp_agent.results import skipped_filter
 
 from .config import TRAIN_SAMPLE, TrainConfig, TrainConfigError
 from .contamination import ContaminationReport, find_overlaps
@@ -37,6 +38,7 @@ class TrainingData:
     source: str
     format: PromptFormat
     fingerprint: str
+    skipped: tuple[str, ...] = ()
 
     def datasets(self) -> tuple[Any, Any]:
         """``datasets.Dataset`` objects for TRL (validation is None when nothing was held out)."""
@@ -47,7 +49,7 @@ class TrainingData:
 
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "fingerprint": self.fingerprint, "n_train": len(self.train),
-                "n_validation": len(self.validation), "format": self.format.name}
+                "n_validation": len(self.validation), "format": self.format.name, **skipped_filter(self.skipped)}
 
 
 def load_training_questions(cfg: TrainConfig) -> Dataset:
@@ -60,12 +62,14 @@ def load_training_questions(cfg: TrainConfig) -> Dataset:
     if not path.is_file():
         raise TrainConfigError("data", f"{path}: no such file")
     try:
-        questions = load_dataset(path, columns=cfg.columns or None)
+        questions = load_dataset(path, columns=cfg.columns or None, lenient=cfg.lenient)
     except DataError as e:
-        raise TrainConfigError("data", str(e)) from None
+        raise TrainConfigError("data", str(e) + ("" if cfg.lenient else " (--lenient, or `lenient: true` in the config, skips bad "
+                                                                     "records)")) from None
     if not len(questions):
         # Said here: later checks would blame `target` or `validation_fraction` for an empty file.
-        raise TrainConfigError("data", f"{path}: holds no questions")
+        skipped = f" ({len(questions.skipped)} bad records skipped)" if questions.skipped else ""
+        raise TrainConfigError("data", f"{path}: holds no questions{skipped}")
     return questions
 
 
@@ -125,7 +129,8 @@ def build_training_data(cfg: TrainConfig, questions: Dataset) -> TrainingData:
     train = tuple(r.row(q) for q in train_qs for r in renderers)
     validation = tuple(r.row(q) for q in validation_qs for r in renderers)
     blob = json.dumps({"train": train, "validation": validation}, ensure_ascii=False, sort_keys=True)
-    return TrainingData(train, validation, questions.source, fmt, hashlib.sha256(blob.encode()).hexdigest()[:16])
+    return TrainingData(train, validation, questions.source, fmt, hashlib.sha256(blob.encode()).hexdigest()[:16],
+                        questions.skipped)
 
 
 __all__ = ["ExampleRenderer", "TrainingData", "build_training_data", "check_contamination", "load_training_questions"]

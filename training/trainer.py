@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from medjp_agent.paths import folder_write_error
 
@@ -35,8 +36,9 @@ from .distributed import Launch
 from .fsdp import fsdp_ready
 from .weights import refuse_pickle_weights
 
-#: Fields a resumed run may change: how long it runs and how it checkpoints and logs, not what it trains.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps")
+#: Fields a resumed run may change: how long it runs and how it checkpoints and logs, not what it trains (whether
+#: bad records are skipped changes the data only if some are, and the data's fingerprint is compared).
+RESUMABLE_CHANGES = ("epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "lenient")
 #: Path fields a resume does not compare as text, since a resume from another working directory spells them
 #: differently: ``out`` is the folder being resumed, ``data`` is compared by the fingerprint of the rendered examples,
 #: and ``eval_data`` only feeds the contamination check, which runs again.
@@ -109,6 +111,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
     if reason := folder_write_error(Path(cfg.out)):
         raise TrainConfigError("out", f"{cfg.out}: cannot write a run folder here ({reason})")
     questions = load_training_questions(cfg)
+    if questions.skipped:
+        console.print(f"[yellow]skipped {len(questions.skipped)} bad records of {escape(questions.source)} (lenient), "
+                      f"each listed in {escape(cfg.out)}/data.json; first: {escape(questions.skipped[0])}[/]",
+                      highlight=False, soft_wrap=True)
     contamination = _contamination(cfg, questions, console)
     data = build_training_data(cfg, questions)
     resolved = cfg.replace(model=model_path, format=data.format.to_dict())

@@ -254,6 +254,7 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
     skips bad records and says so, with ``skip_reason``."""
     from medjp_agent.data import DataError, load_dataset, select
     from medjp_agent.data.select import unmatched
+    from medjp_agent.results import skipped_filter
 
     mapping = key_values("--column", columns or [], "FIELD=COLUMN")
     try:
@@ -269,7 +270,8 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
     if missing:
         raise fail(f"no question in {data} has {'; '.join(missing)}")
     filters = {"years": years or [], "sections": sections or [], "text_only": text_only, "qtypes": qtypes or [],
-               "n_choices": n_choices or [], "limit": limit, **({"preset": preset} if preset else {})}
+               "n_choices": n_choices or [], "limit": limit, **({"preset": preset} if preset else {}),
+               **skipped_filter(dataset.skipped)}
     questions = select(dataset, years=years, sections=sections, text_only=True if text_only else None,
                        qtypes=qtypes, n_choices=n_choices)  # type: ignore[arg-type]
     if preset:
