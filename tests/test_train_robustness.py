@@ -157,6 +157,12 @@ def test_a_run_resumes_from_another_working_directory(tmp_path: Path, tiny_model
     with single_thread():
         again = train(cfg.replace(max_steps=3), resume=True)
     assert again.resumed_from == str(Path("run/checkpoint-2")) and again.steps == 3
+    # Resumed twice after finishing: the log reads as one run of 3 steps, its one closing summary last.
+    from medjp_agent.training.progress import SUMMARY_KEY, read_metrics
+
+    records = read_metrics(tmp_path / "ward" / "run" / "metrics.jsonl")
+    assert [i for i, r in enumerate(records) if SUMMARY_KEY in r] == [len(records) - 1]
+    assert records[-1]["step"] == 3 and [r["step"] for r in records] == sorted(r["step"] for r in records)
 
 
 @pytest.mark.slow
@@ -191,4 +197,14 @@ def test_a_resume_drops_the_torn_line_a_kill_leaves_in_the_metrics(tmp_path: Pat
     rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo', encoding="utf-8")
     MetricsLog(path).keep_until(2)
+    assert read_metrics(path) == rows[:2]
+
+
+def test_a_finished_run_resumed_to_train_longer_keeps_one_closing_summary(tmp_path: Path):
+    from medjp_agent.training.progress import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "train_runtime": 3.1, "train_loss": 1.7}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    MetricsLog(path).keep_until(2)  # the run resumes from its last checkpoint, step 2, and will log its own summary
     assert read_metrics(path) == rows[:2]

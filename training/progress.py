@@ -37,11 +37,17 @@ def quiet_hf_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+#: The key of the summary line transformers logs when training ends.
+SUMMARY_KEY = "train_runtime"
+
+
 class MetricsLog(TrainerCallback):
     """Appends each log event (loss, learning rate, grad norm, tokens, eval loss...) to ``path`` as one JSON line.
 
     Every line carries the optimizer ``step``; :meth:`keep_until` drops lines past a checkpoint before a resumed
-    run appends, so the log of an interrupted and resumed run reads like one uninterrupted run.
+    run appends, so the log of an interrupted and resumed run reads like one uninterrupted run. That includes a
+    finished run's closing summary (``train_runtime``, ``train_loss``, ...): a finished run resumed to train longer
+    writes its own at its end.
     """
 
     def __init__(self, path: Path):
@@ -51,7 +57,8 @@ class MetricsLog(TrainerCallback):
         if not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if (at := _step(line)) is not None and at <= step]
+        kept = [line for line in lines if (record := _record(line)) is not None and record["step"] <= step
+                and SUMMARY_KEY not in record]
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -62,11 +69,12 @@ class MetricsLog(TrainerCallback):
             fh.write(json.dumps(record) + "\n")
 
 
-def _step(line: str) -> int | None:
-    """The step of one ``metrics.jsonl`` line; None for a blank line or the torn last line a kill in the middle of
-    a write leaves, which a resumed run drops rather than stopping on."""
+def _record(line: str) -> dict[str, Any] | None:
+    """One ``metrics.jsonl`` line with its integer ``step``; None for a blank line or the torn last line a kill in
+    the middle of a write leaves, which a resumed run drops rather than stopping on."""
     try:
-        return int(json.loads(line)["step"])
+        record = json.loads(line)
+        return {**record, "step": int(record["step"])}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
 
