@@ -21,6 +21,7 @@ the server's token counts and the completions' finish reasons (:mod:`.finish`), 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -106,33 +107,19 @@ class APILM(dspy.BaseLM):
     # -- DSPy's LM interface: an OpenAI-shaped reply with usage --------------------------------------------------------
     def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
         call = self._call(prompt, messages, kwargs)
-        if (hit := _cached(call)) is not None:
-            return hit
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
-                return self._accept(call, self.http.post(call.path, call.body))
-            except Transient as failure:
+                return _cached(call) or self._accept(call, self.http.post(call.path, call.body))
+            except (Transient, RequestRejected) as failure:
                 time.sleep(self._delay_after(failure, attempt))
-            except RequestRejected as refused:
-                self._explain_not_found(refused)
-                raise
-            attempt += 1
 
     async def aforward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
         call = self._call(prompt, messages, kwargs)
-        if (hit := _cached(call)) is not None:
-            return hit
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
-                return self._accept(call, await self.http.apost(call.path, call.body))
-            except Transient as failure:
+                return _cached(call) or self._accept(call, await self.http.apost(call.path, call.body))
+            except (Transient, RequestRejected) as failure:
                 await asyncio.sleep(self._delay_after(failure, attempt))
-            except RequestRejected as refused:
-                self._explain_not_found(refused)  # a blocking lookup, once, as the run stops
-                raise
-            attempt += 1
 
     # -- one request ---------------------------------------------------------------------------------------------------
     def _call(self, prompt: str | None, messages: list[dict[str, Any]] | None, kwargs: dict[str, Any]) -> _Call:
@@ -181,8 +168,12 @@ class APILM(dspy.BaseLM):
             raise RequestRejected(f"the server at {where} serves no model named {self.model!r}; it serves "
                                   f"{', '.join(served) or 'none'}: pass one as --model", 404) from None
 
-    def _delay_after(self, failure: Transient, attempt: int) -> float:
-        """Seconds to wait before retry ``attempt + 1``; after the last retry, raise why the request failed."""
+    def _delay_after(self, failure: Transient | RequestRejected, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt + 1``; after the last retry, raise why the request failed. A
+        refused request is raised at once (a 404 explained first: a blocking lookup, once, as the run stops)."""
+        if isinstance(failure, RequestRejected):
+            self._explain_not_found(failure)
+            raise failure
         if attempt >= self.num_retries:
             where = self.http.base_url  # no credentials in messages
             if isinstance(failure, EmptyReply):
