@@ -49,7 +49,8 @@ def skipped_filter(skipped: Sequence[str]) -> dict[str, Any]:
     return {SKIPPED: {"count": len(skipped), "records": list(skipped[:MAX_SKIPPED_LISTED])}} if skipped else {}
 
 
-def _selection(filters: dict[str, Any]) -> dict[str, Any]:
+def selection_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """The ``filters`` that select questions: all but the record of skipped bad records."""
     return {k: v for k, v in filters.items() if k != SKIPPED}
 
 
@@ -84,7 +85,7 @@ class RunManifest:
         resumed after the file was mended asks the mended questions too."""
         mine = getattr(self, key)
         if key == "filters":
-            mine, value = _selection(mine), _selection(value)
+            mine, value = selection_filters(mine), selection_filters(value)
         return mine == value or (key == "generation" and not mine)
 
     def conflicts(self, wanted: dict[str, Any], has_results: bool) -> list[str]:

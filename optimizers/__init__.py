@@ -23,7 +23,7 @@ from .liveness import Liveness
 from .objective import (
     DUPLICATE_OF, REFERENCE, TRIALS_DIR, FormatObjective, SearchObserver, TrialInterrupted, TrialOutcome, TrialReporter,
 )
-from .optimize import OptimizeConfig, OptimizeResult, formats_from_search, run_optimize
+from .optimize import OptimizeConfig, OptimizeResult, SearchPick, formats_from_search, run_optimize
 from .pruning import make_pruner
 from .samplers import SAMPLERS, make_sampler
 from .scores import SCORES, LogprobQA, make_program, supports_logprob
@@ -42,7 +42,7 @@ __all__ = [
     "OptimizeResult", "OptimizerSettings", "ScreenResult", "ScreenSettings", "SearchConfig", "SearchObserver",
     "SearchResult", "SearchSettings", "Splits", "StudyMismatch", "TestRun", "TrialInterrupted", "TrialOutcome",
     "TrialReporter", "Workers", "compile_program", "default_storage_url", "evaluate_finalists", "finish_search",
-    "formats_from_search", "load_search", "load_space", "make_pruner", "make_program", "make_sampler",
+    "SearchPick", "formats_from_search", "load_search", "load_space", "make_pruner", "make_program", "make_sampler",
     "open_storage", "open_study", "run_optimize", "run_search", "save_best", "search_storage_url",
     "supports_logprob",
 ]

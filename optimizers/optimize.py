@@ -104,15 +104,30 @@ class OptimizeResult:
         return dataclasses.asdict(self)
 
 
-def formats_from_search(run_dir: Path, top_k: int) -> tuple[list[PromptFormat], tuple[float, ...], int]:
-    """The best ``top_k`` fully evaluated formats of a `medjp search` folder, and its split (fractions, seed)."""
+@dataclass(frozen=True)
+class SearchPick:
+    """What the combined mode takes from a `medjp search` folder: its best formats and its split, and the data,
+    filters, model and adapter it ran with (the formats were chosen on those)."""
+
+    formats: list[PromptFormat]
+    fractions: tuple[float, ...]
+    seed: int
+    data: str
+    filters: dict[str, Any]
+    model: str
+    adapter: str
+
+
+def formats_from_search(run_dir: Path, top_k: int) -> SearchPick:
+    """The best ``top_k`` fully evaluated formats of a `medjp search` folder, with its split and inputs."""
     check_settings(("--top-k", top_k, top_k >= 1, "must be at least 1"))
     searched, manifest = load_search(run_dir)
     formats = [PromptFormat.from_dict(o.format) for o in searched.top(top_k)]
     if not formats:
         raise ConfigError(f"{run_dir}: the search has no fully evaluated trial yet")
     recorded = manifest.extra.get("split") or {}
-    return formats, tuple(recorded.get("fractions", DEFAULT_FRACTIONS)), int(recorded.get("seed", 0))
+    return SearchPick(formats, tuple(recorded.get("fractions", DEFAULT_FRACTIONS)), int(recorded.get("seed", 0)),
+                      manifest.data, dict(manifest.filters), manifest.model, manifest.adapter)
 
 
 def run_optimize(config: OptimizeConfig) -> OptimizeResult:

@@ -25,7 +25,7 @@ from medjp_agent.data import Question
 from medjp_agent.results import MANIFEST, RunManifest
 from medjp_agent.signatures import PAPER_FORMATS, PromptFormat, resolve_format
 
-from medjp_agent.errors import SEED_RULE, SEEDS, ConfigError, check_settings
+from medjp_agent.errors import SEED_RULE, SEEDS, ConfigError, MedjpWarning, check_settings
 from medjp_agent.suggest import did_you_mean
 
 from .liveness import Liveness
@@ -226,7 +226,9 @@ def enqueue_references(study: optuna.Study, space: FormatSpace, formats: Sequenc
         fmt = resolve_format(spec)
         params = space.params_for(fmt)
         if params is None:
-            warnings.warn(f"reference format {fmt.name!r} is outside the format space; it is not evaluated", stacklevel=2)
+            warnings.warn(MedjpWarning(f"reference format {fmt.name!r} is outside the format space: it is not run on "
+                                       "dev (add its axis values to the space to run it there first); the test split "
+                                       "still compares the best format with it"), stacklevel=2)
             continue
         study.enqueue_trial(params, user_attrs={REFERENCE: fmt.name}, skip_if_exists=True)
         done.append(fmt.name)

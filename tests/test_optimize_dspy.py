@@ -21,7 +21,7 @@ from medjp_agent.optimizers import (
     BEST_PROGRAM, OPTIMIZERS, ExamMetric, LogprobQA, OptimizeConfig, OptimizerSettings, Splits, compile_program,
     run_optimize,
 )
-from medjp_agent.results import read_run
+from medjp_agent.results import read_manifest, read_run
 from medjp_agent.signatures import FormatAdapter, MedicalQA, PromptFormat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -163,18 +163,56 @@ def test_combined_mode_optimizes_within_the_searchs_best_formats(tmp_path, scrip
     space.write_text("axes:\n  template: [harness, alpaca, plain, xml]\n  instruction_position: [header, preamble]\n",
                      encoding="utf-8")
     searched = CliRunner().invoke(app, ["search", "--out", str(tmp_path / "search"), "--space", str(space),
-                                        "--n-trials", "3", "--no-final", "--no-tui", "--split", "0.3,0.4,0.3"])
+                                        "--n-trials", "3", "--no-final", "--no-tui", "--split", "0.3,0.4,0.3",
+                                        "--limit", "24"])
     assert searched.exit_code == 0, searched.output
     out = tmp_path / "combined"
     result = CliRunner().invoke(app, ["optimize", "--optimizer", "bootstrap", "--from-search", str(tmp_path / "search"),
                                       "--top-k", "2", "--out", str(out), "--max-demos", "1"])
     assert result.exit_code == 0, result.output
+    # The questions the search chose on, without repeating its flags: same data, same filters.
+    search_manifest = read_manifest(tmp_path / "search" / "manifest.json")
+    assert read_manifest(out / "manifest.json").filters == search_manifest.filters
+    assert search_manifest.filters["limit"] == 24
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))["extra"]["optimize"]
     assert len(summary["dev_accuracy"]) == 2 and summary["chosen"] in summary["dev_accuracy"]
     assert {p.name for p in (out / "dev").iterdir()} == set(summary["dev_accuracy"])
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["extra"]["split"]["fractions"] == [0.3, 0.4, 0.3]  # the search's split, not the default
     assert (out / "test" / f"bootstrap-{summary['chosen']}").is_dir()
+
+
+def test_combined_mode_refuses_other_questions_or_a_silent_change_of_model(tmp_path, scripted_backend):
+    from medjp_agent.errors import MedjpWarning
+
+    space = tmp_path / "space.yaml"
+    space.write_text("axes:\n  template: [harness, alpaca]\n", encoding="utf-8")
+    search = tmp_path / "search"
+    searched = CliRunner().invoke(app, ["search", "--out", str(search), "--space", str(space), "--n-trials", "2",
+                                        "--no-final", "--no-tui", "--limit", "24"])
+    assert searched.exit_code == 0, searched.output
+    combined = ["optimize", "--optimizer", "bootstrap", "--from-search", str(search), "--max-demos", "1"]
+
+    def run(*args: str):
+        return CliRunner().invoke(app, [*combined, "--out", str(tmp_path / f"opt{len(args)}"), *args])
+
+    other = run("--limit", "10")
+    said = " ".join(other.output.replace("│", " ").split())
+    assert other.exit_code == 2 and f"--from-search: {search} chose its formats on" in said, other.output
+    assert "'limit': 24" in said and "'limit': 10" in said
+    manifest = json.loads((search / "manifest.json").read_text(encoding="utf-8"))
+    (search / "manifest.json").write_text(json.dumps({**manifest, "data": "ward/igakuqa"}), encoding="utf-8")
+    moved = run("--model", "on-purpose", "--top-k", "1")
+    said = " ".join(moved.output.replace("│", " ").split())
+    assert moved.exit_code == 2 and "searched on, ward/igakuqa, is not found from here" in said, said
+    (search / "manifest.json").write_text(json.dumps({**manifest, "model": "swallow-70b"}), encoding="utf-8")
+    silent = run()
+    said = " ".join(silent.output.replace("│", " ").split())
+    assert silent.exit_code == 2 and f"{search} chose its formats with swallow-70b; this run uses" in said, said
+    assert "pass --model" in said
+    with pytest.warns(MedjpWarning, match="chose its formats with swallow-70b; this run uses .*, as --model asks"):
+        chosen = run("--model", "on-purpose")
+    assert chosen.exit_code == 0, chosen.output
 
 
 def test_run_optimize_counts_every_lm_call_compile_included(tmp_path):

@@ -180,3 +180,14 @@ def test_a_repeated_format_is_not_asked_again():
     assert study.trials[1].user_attrs[DUPLICATE_OF] == 0
     asked = [o for o in outcomes if o.duplicate_of is None]
     assert len(asked) == 2 and len(lm.calls) == 2 * len(DEV)  # a repeat neither asks nor counts as a trial
+
+
+def test_a_reference_format_outside_the_space_is_named_in_one_medjp_warning():
+    from medjp_agent.errors import MedjpWarning
+    from medjp_agent.optimizers.search import enqueue_references
+
+    study = optuna.create_study(direction="maximize")
+    with pytest.warns(MedjpWarning, match="'paper-instruction-in-header' is outside the format space: it is not run "
+                                          "on dev .*the test split still compares"):
+        enqueued = enqueue_references(study, SPACE, ["paper-instruction-in-header"])
+    assert enqueued == [] and not study.trials

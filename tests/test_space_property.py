@@ -16,7 +16,7 @@ from medjp_agent.data import load_dataset
 from medjp_agent.optimizers import DEFAULT_AXES, FormatSpace, load_space
 from medjp_agent.optimizers.space import HARNESS_IGNORES
 from medjp_agent.signatures import (
-    NAMED_FORMATS, DemoSelector, FormatAdapter, MedicalQA, PromptFormat, default_pool, signature_for,
+    NAMED_FORMATS, DemoSelector, FormatAdapter, MedicalQA, PromptFormat, default_pool, resolve_format, signature_for,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -146,3 +146,13 @@ def test_bad_space_files_name_the_problem(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         load_space(path)
+
+
+def test_the_readme_space_example_holds_the_paper_formats(tmp_path):
+    """README's format-space example says the paper's two formats lie in it, so they run first on dev."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("A format space file restricts the search", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "space.yaml").write_text(example, encoding="utf-8")
+    space = load_space(tmp_path / "space.yaml")
+    for name in ("paper-instruction-in-header", "paper-instruction-preamble"):
+        assert space.params_for(resolve_format(name)) is not None, name

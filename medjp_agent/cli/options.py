@@ -130,6 +130,20 @@ _SELECTION: dict[str, tuple[str, Any, Any]] = {
 }
 
 
+def selection_given(selection: dict[str, Any]) -> bool:
+    """Whether any data-selection flag was given (``selection`` as :func:`with_data_options` passes it)."""
+    return any(selection.get(keyword) != default for keyword, _, default in _SELECTION.values())
+
+
+def recorded_selection(filters: dict[str, Any]) -> dict[str, Any]:
+    """``load_questions`` keywords that select what a run's recorded ``filters`` selected (leniently, if that run
+    skipped bad records)."""
+    from medjp_agent.results import SKIPPED
+
+    keywords = {keyword: default for keyword, _, default in _SELECTION.values()}
+    return {**keywords, **{k: v for k, v in filters.items() if k in keywords}, "lenient": SKIPPED in filters}
+
+
 def with_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command the data-selection flags; it receives them as ``selection``, keywords of ``load_questions``."""
     extra = {name: (ann, default) for name, (_, ann, default) in _SELECTION.items()}

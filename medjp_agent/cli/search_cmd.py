@@ -19,8 +19,8 @@ from medjp_agent.prompt_log import log_prompts as keep_prompts
 
 from .eval_cmd import DEFAULT_FORMAT
 from .options import (
-    DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, reports_errors, with_data_options, with_lm_options,
-    writable_dir,
+    DataOpt, FormatOpt, LogPromptsOpt, console, load_questions, recorded_selection, reports_errors, selection_given,
+    with_data_options, with_lm_options, writable_dir,
 )
 
 if TYPE_CHECKING:
@@ -186,18 +186,26 @@ def optimize(
     settings = OptimizerSettings(auto=auto, max_demos=max_demos, candidates=candidates, steps=steps,  # type: ignore[arg-type]
                                  max_metric_calls=max_metric_calls, threads=threads, seed=seed)
     keep_prompts(log_prompts)
-    dataset, questions, filters = load_questions(data, **selection)
     fractions: str | tuple[float, ...] = split
     given = [flag for flag, value, default in (("--format", format, DEFAULT_FORMAT), ("--split", split, DEFAULT_SPLIT),
                                                ("--split-seed", split_seed, 0)) if value != default]
     if from_search is not None and given:
         raise ConfigError(f"--from-search takes the search's formats, split and split seed; leave out {', '.join(given)}")
+    pick = None
     with user_input("--format/--from-search"):
         if from_search is not None:
-            formats, fractions, split_seed = formats_from_search(from_search, top_k)
+            pick = formats_from_search(from_search, top_k)
+            formats, fractions, split_seed = pick.formats, pick.fractions, pick.seed
+            if data == "sample" and not selection_given(selection):
+                data, selection = _searched_data(pick, from_search), recorded_selection(pick.filters)
         else:
             formats = [resolve_format(format)]
+    dataset, questions, filters = load_questions(data, **selection)
+    if pick is not None:
+        _check_searched_data(pick, from_search, dataset.source, filters)  # type: ignore[arg-type]
     model = _build_lm(lm)
+    if pick is not None:
+        _check_searched_model(pick, from_search, model, given=lm.model is not None)  # type: ignore[arg-type]
     # Another model: the student's adapters are not its own, and its proposals are longer than exam answers.
     proposer = (_build_lm(dataclasses.replace(lm, model=reflection_model or lm.model,
                                               api_base=reflection_api_base or lm.api_base, adapters=(),
@@ -212,6 +220,47 @@ def optimize(
     if result.stopped:
         console.print(f"[yellow]{result.stopped}[/]; what finished is saved", highlight=False)
     console.print(f"[green]wrote[/] {out} · {result.lm_calls:,} LM calls")
+
+
+def _searched_data(pick: Any, run_dir: Path) -> str:
+    """The data a search ran on, which the combined mode takes when no --data or selection flag is given."""
+    if pick.data != "sample" and not Path(pick.data).exists():
+        from medjp_agent.errors import ConfigError
+
+        raise ConfigError(f"--from-search: the data {run_dir} searched on, {pick.data}, is not found from here (a path "
+                          "relative to where the search ran?): pass it as --data, with the search's selection flags")
+    return pick.data
+
+
+def _check_searched_data(pick: Any, run_dir: Path, source: str, filters: dict[str, Any]) -> None:
+    """Refuse questions other than those the search chose its formats and split on."""
+    from medjp_agent.errors import ConfigError
+    from medjp_agent.results import selection_filters
+
+    wanted, chosen = selection_filters(filters), selection_filters(pick.filters)
+    if Path(source).resolve() != Path(pick.data).resolve() or wanted != chosen:
+        raise ConfigError(f"--from-search: {run_dir} chose its formats on {pick.data} with filters {chosen}; this run "
+                          f"selects {source} with {wanted}: leave out --data and the selection flags to take the "
+                          "search's")
+
+
+def _check_searched_model(pick: Any, run_dir: Path, model: Any, given: bool) -> None:
+    """The combined mode optimizes with the model the search chose its formats with, unless --model says otherwise
+    (then it warns)."""
+    import warnings
+
+    from medjp_agent.errors import ConfigError, MedjpWarning
+    from medjp_agent.lm import describe_lm
+
+    described = describe_lm(model)
+    now, then = (described["model"], described["adapter"]), (pick.model, pick.adapter)
+    if now == then:
+        return
+    said = (f"{run_dir} chose its formats with {' + '.join(filter(None, then))}; this run uses "
+            f"{' + '.join(filter(None, now))}")
+    if not given:
+        raise ConfigError(f"--from-search: {said}: pass --model (and --adapter or --api-base) to say which")
+    warnings.warn(MedjpWarning(f"--from-search: {said}, as --model asks"), stacklevel=2)
 
 
 def register(app: typer.Typer) -> None:
