@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from medjp_agent.cli import app
+from medjp_agent.results import read_run
 
 MEMO = Path(__file__).with_name("test_train_memo.jsonl")
 runner = CliRunner()
@@ -37,6 +38,12 @@ def test_train_then_merge(tmp_path: Path, tiny_model: Path):
         assert (saved["max_steps"], saved["gradient_checkpointing"], saved["format"]["name"]) == (
             3, False, "plain-ja-direct")
         assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"loss"') == 3
+        # The printed next step runs as printed: the adapter on its 4-bit base, in its own format.
+        hint = " ".join(trained.output.split()).split("evaluate it: medjp ", 1)[1].split()
+        assert "--load-in-4bit" in hint
+        evaluated = medjp(*hint, "--limit", 2, "--out", tmp_path / "eval", "--max-new-tokens", 8)
+        assert evaluated.exit_code == 0, evaluated.output
+        assert read_run(tmp_path / "eval").manifest.adapter
         merged = medjp("train", "merge", adapter, "--out", tmp_path / "merged", "--dtype", "float32")
         assert merged.exit_code == 0, merged.output
         assert (tmp_path / "merged" / "model.safetensors").is_file()

@@ -119,8 +119,10 @@ def train(
     eval_loss = f", validation loss {manifest.eval_loss:.3f}" if manifest.eval_loss is not None else ""
     console.print(f"[green]trained[/] {manifest.steps} steps in {manifest.seconds:.0f}s, loss {losses}{eval_loss}; "
                   f"data {manifest.data['fingerprint']}", highlight=False)
-    console.print(f"[green]adapter[/] {manifest.adapter}\nevaluate it: medjp eval --model {manifest.base_model} "
-                  f"--adapter {manifest.adapter} --format {manifest.adapter}/format.yaml", highlight=False)
+    # Evaluated on the base it was trained on: 4-bit when the run quantized it.
+    base = f"--model {manifest.base_model}{' --load-in-4bit' if cfg.quantize else ''}"
+    console.print(f"[green]adapter[/] {manifest.adapter}\nevaluate it: medjp eval {base} --adapter {manifest.adapter} "
+                  f"--format {manifest.adapter}/format.yaml", highlight=False)
 
 
 @train_app.command("merge")
