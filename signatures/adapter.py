@@ -23,10 +23,21 @@ import dspy
 from medjp_agent.data import LABELS, Question
 from medjp_agent.errors import lm_boundary
 from medjp_agent.lm.options import RAW_PROMPT
+from medjp_agent.lm.prompts import is_raw
 from medjp_agent.prompt_log import prompts_logged
 from medjp_agent.scoring import Extraction, extract_answer, locate_answer
 
 from .formats import ALPACA_HEADER, DESCRIPTORS, PERSONAS, PromptFormat
+
+def raw_messages(text: str) -> list[dict[str, Any]]:
+    """A raw completion prompt as the one message the backends recognise (:data:`RAW_PROMPT`)."""
+    return [{"role": "user", "content": text, "name": RAW_PROMPT}]
+
+
+def prompt_sent(messages: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The prompt as a reader wants it: a raw completion prompt's text, or the chat messages."""
+    return str(messages[0]["content"]) if is_raw(messages) else messages
+
 
 _ALPACA_HEADER_EN = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -265,7 +276,7 @@ class FormatAdapter(dspy.Adapter):
         inputs = {k: v for k, v in inputs.items() if k in signature.input_fields}
         if self.fmt.uses_chat:
             return r.chat_messages(demos, inputs)
-        return [{"role": "user", "content": r.completion_prompt(demos, inputs), "name": RAW_PROMPT}]
+        return raw_messages(r.completion_prompt(demos, inputs))
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
         """``answer`` is the span after the marker: None when no answer was found, "" when it was empty."""
@@ -311,8 +322,8 @@ class FormatAdapter(dspy.Adapter):
         prompt_hash = hash_prompt(messages)
         shown = Question(id="", year=0, section="", text=str(inputs.get("question", "")),
                          choices=tuple(inputs.get("choices") or ()), answers=())
-        # --log-prompts: the messages sent travel with each output to the question's result.
-        sent = {"prompt": messages} if prompts_logged() else {}
+        # --log-prompts: what was sent travels with each output to the question's result (a raw prompt as its text).
+        sent = {"prompt": prompt_sent(messages)} if prompts_logged() else {}
         return [{**self.read(signature, output, shown, prompt_hash), **sent} for output in outputs]
 
     def read(self, signature: type[dspy.Signature], output: Any, shown: Question, prompt_hash: str) -> dict[str, Any]:
@@ -328,6 +339,8 @@ class FormatAdapter(dspy.Adapter):
         return {**parsed, "extraction": extraction, "parse_error": extraction.reason, "prompt_hash": prompt_hash}
 
 
-def hash_prompt(messages: Sequence[dict[str, Any]]) -> str:
-    """Short hash of the messages exactly as sent, to tell results of different prompts apart."""
-    return hashlib.sha256(json.dumps(list(messages), ensure_ascii=False).encode()).hexdigest()[:16]
+def hash_prompt(messages: Sequence[dict[str, Any]] | str) -> str:
+    """Short hash of the messages exactly as sent, to tell results of different prompts apart; a raw prompt's text
+    (as ``--log-prompts`` keeps it) hashes as the message it was sent in."""
+    sent = raw_messages(messages) if isinstance(messages, str) else list(messages)
+    return hashlib.sha256(json.dumps(sent, ensure_ascii=False).encode()).hexdigest()[:16]

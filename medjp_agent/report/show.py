@@ -59,10 +59,14 @@ def rerendered_prompt(run_dir: Path, result: QuestionResult) -> tuple[Any, str]:
 
 
 def _prompt_text(prompt: Any) -> Text:
-    if isinstance(prompt, str):
-        return Text(prompt)
+    from medjp_agent.signatures.adapter import prompt_sent
+
     if prompt and isinstance(prompt[0], list):  # an ensemble: each vote's prompt, in the order sent
         return Text("\n\n── next prompt ──\n\n").join(_prompt_text(p) for p in prompt)
+    if isinstance(prompt, list):
+        prompt = prompt_sent(prompt)
+    if isinstance(prompt, str):
+        return Text(prompt)
     # Chat messages: one block per message, the role first.
     return Text("\n\n").join(Text.assemble((f"[{m.get('role', '?')}]\n", "bold"), str(m.get("content", "")))
                              for m in prompt)
