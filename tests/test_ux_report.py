@@ -216,6 +216,20 @@ def test_log_prompts_keeps_the_exact_prompt_and_show_prints_it(tmp_path, monkeyp
     assert "[user]" not in res.output  # the text as the model read it, not a chat turn
 
 
+def test_show_prints_an_ensembles_logged_prompts_each_as_text(tmp_path, monkeypatch, scripted):
+    fmt = tmp_path / "ens.yaml"
+    fmt.write_text("ens3:\n  template: harness\n  shots: 0\n  ensemble: 3\n", encoding="utf-8")
+    monkeypatch.setattr("medjp_agent.runs.build_lm", lambda opts: scripted("b"))
+    run = tmp_path / "ens"
+    made = runner.invoke(app, ["eval", "--out", str(run), "--limit", "1", "--format", str(fmt), "--log-prompts"])
+    assert made.exit_code == 0, made.output
+    result = read_run(run).results[0]
+    assert len(result.prompt) == 3 and all(isinstance(p, str) for p in result.prompt)
+    res = runner.invoke(app, ["report", "--show", result.id, str(run)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert res.output.count("── next prompt ──") == 2 and "[user]" not in res.output
+
+
 def test_a_search_whose_trials_all_scored_the_same_has_no_importances():
     optuna = pytest.importorskip("optuna")
     from medjp_agent.report import summarise_study
