@@ -3,7 +3,8 @@
 - :func:`format_name`: ``markdown.upper.specialist.cot.5shot``, the values that differ from the search's base
   format, in axis order, instead of ``trial-5`` (a slug: a format's name also names its folders);
 - :func:`axis_values`: ``template=json · casing=upper``, wherever values are shown;
-- :func:`default_run_name`: ``<model>__<format>__<time>`` under ``runs/``, so two models never share a folder.
+- :func:`default_run_name`: ``<model>__<format>__<time>`` under ``runs/``, so two models never share a folder;
+- :func:`counted`: ``1 trial``, ``3 trials``.
 """
 
 from __future__ import annotations
@@ -75,3 +76,9 @@ def default_run_name(model: str | None, fmt: str, when: float | None = None) -> 
     """``<model>__<format>__<YYYYmmdd-HHMMSS>``: the model's folder or hub name, the format, the local time."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
     return f"{_slug(model or 'tiny')}__{_slug(fmt)}__{stamp}"
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``noun`` is an English word taking -s, or a phrase ending in
+    one: ``bad record``)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

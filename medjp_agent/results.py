@@ -254,7 +254,7 @@ class RunWriter:
         if old.exists():
             previous = RunManifest.from_dict(json.loads(old.read_text(encoding="utf-8")))
             if diff := previous.conflicts(manifest.identity(), (self.dir / RESULTS).exists()):
-                raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} differ); use another --out")
+                raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); use another --out")
         if resume:
             self._results = {r.id: r for r in read_results(self.dir / RESULTS)}
             self._repair_tail()

@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from medjp_agent.naming import axis_values
+from medjp_agent.naming import axis_values, counted
 from medjp_agent.optimizers.objective import TrialOutcome
 from medjp_agent.optimizers.search import SearchResult
 from medjp_agent.optimizers.workers import Budget
@@ -261,7 +261,7 @@ class SearchSummary:
 
     def __rich__(self) -> RenderableType:
         r = self.result
-        table = Table(title=f"{r.study}: {r.n_complete} trials ({r.n_pruned} pruned, {r.n_duplicates} repeated) "
+        table = Table(title=f"{r.study}: {counted(r.n_complete, 'trial')} ({r.n_pruned} pruned, {r.n_duplicates} repeated) "
                             f"· stop: {r.stop_reason}")
         for name, justify in (("", "left"), ("dev accuracy", "right"), ("score", "right"), ("test accuracy", "right")):
             table.add_column(name, justify=justify)

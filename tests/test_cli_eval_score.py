@@ -76,7 +76,7 @@ def test_other_format_into_the_same_folder_is_refused(tmp_path, lm_factory):
     out = tmp_path / "run"
     assert runner.invoke(app, ["eval", "--out", str(out), "--limit", "2"]).exit_code == 0
     res = runner.invoke(app, ["eval", "--out", str(out), "--limit", "2", "--format", "plain-ja-cot"])
-    assert res.exit_code == 2 and "holds a different run (format differ)" in res.output
+    assert res.exit_code == 2 and "holds a different run (format differs)" in res.output
 
 
 def test_lm_failure_saves_progress_and_rerun_completes(tmp_path, lm_factory):

@@ -110,3 +110,10 @@ def test_log_observer_says_which_study_opened_and_marks_repeats():
     text = console.export_text()
     assert "study s in sqlite:///x.db: 4 finished trials, 40 dev questions" in text
     assert "same format as trial 2, not asked again" in text
+
+
+def test_counts_read_as_english():
+    from medjp_agent.naming import counted
+
+    assert (counted(1, "trial"), counted(0, "trial"), counted(1200, "bad record")) == (
+        "1 trial", "0 trials", "1,200 bad records")

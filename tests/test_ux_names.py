@@ -53,7 +53,7 @@ def test_clash_is_found_before_the_model_loads(tmp_path, monkeypatch, scripted):
 
     monkeypatch.setattr("medjp_agent.runs.build_lm", must_not_load)
     res = runner.invoke(app, ["eval", "--out", str(out), "--limit", "2", "--format", "plain-ja-cot"])
-    assert res.exit_code == 2 and "(format differ): format: paper-instruction-in-header there, plain-ja-cot now" \
+    assert res.exit_code == 2 and "(format differs): format: paper-instruction-in-header there, plain-ja-cot now" \
         in " ".join(res.output.split())
     res = runner.invoke(app, ["eval", "--out", str(out), "--limit", "2", "--model", "org/other"])
     assert res.exit_code == 2 and "model differ" in res.output

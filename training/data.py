@@ -17,6 +17,7 @@ from typing import Any
 from medjp_agent.signatures import DemoSelector, PromptFormat, Renderer, default_pool
 
 from medjp_agent.data import SAMPLE, SAMPLE_DIR, DataError, Dataset, Question, load_dataset, split
+from medjp_agent.naming import counted
 from medjp_agent.results import skipped_filter
 
 from .config import TRAIN_SAMPLE, TrainConfig, TrainConfigError
@@ -68,7 +69,7 @@ def load_training_questions(cfg: TrainConfig) -> Dataset:
                                                                      "records)")) from None
     if not len(questions):
         # Said here: later checks would blame `target` or `validation_fraction` for an empty file.
-        skipped = f" ({len(questions.skipped)} bad records skipped)" if questions.skipped else ""
+        skipped = f" ({counted(len(questions.skipped), 'bad record')} skipped)" if questions.skipped else ""
         raise TrainConfigError("data", f"{path}: holds no questions{skipped}")
     return questions
 

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from medjp_agent.naming import counted
 from medjp_agent.paths import folder_write_error
 
 from .checkpoints import checkpoints, newest_complete, step_of
@@ -112,7 +113,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
         raise TrainConfigError("out", f"{cfg.out}: cannot write a run folder here ({reason})")
     questions = load_training_questions(cfg)
     if questions.skipped:
-        console.print(f"[yellow]skipped {len(questions.skipped)} bad records of {escape(questions.source)} (lenient), "
+        console.print(f"[yellow]skipped {counted(len(questions.skipped), 'bad record')} of {escape(questions.source)} (lenient), "
                       f"each listed in {escape(cfg.out)}/data.json; first: {escape(questions.skipped[0])}[/]",
                       highlight=False, soft_wrap=True)
     contamination = _contamination(cfg, questions, console)

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from medjp_agent.lm.options import LMOptions
 from medjp_agent.redact import redact_text
+from medjp_agent.naming import counted
 
 # Piped output (logs, files) is read later in wide windows; rich would otherwise cut it at 80 columns.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
@@ -255,7 +256,7 @@ def _print_load_warnings(dataset: Any, skip_reason: str, shown: int = 10) -> Non
     if len(dataset.warnings) > shown:
         err_console.print(f"[yellow]warning:[/] … and {len(dataset.warnings) - shown} more warnings", highlight=False)
     if dataset.skipped:
-        err_console.print(f"[yellow]warning:[/] skipped {len(dataset.skipped)} bad records ({skip_reason}); first: "
+        err_console.print(f"[yellow]warning:[/] skipped {counted(len(dataset.skipped), 'bad record')} ({skip_reason}); first: "
                           f"{escape(dataset.skipped[0])}", highlight=False, soft_wrap=True)
 
 
@@ -277,7 +278,7 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
         raise fail(str(e)) from None
     _print_load_warnings(dataset, skip_reason)
     if not dataset.questions:
-        raise fail(f"{data}: holds no questions" + (f" ({len(dataset.skipped)} bad records skipped)"
+        raise fail(f"{data}: holds no questions" + (f" ({counted(len(dataset.skipped), 'bad record')} skipped)"
                                                     if dataset.skipped else ""))
     missing = unmatched(list(dataset), years=years or (), sections=sections or (), qtypes=qtypes or (),
                         n_choices=n_choices or ())

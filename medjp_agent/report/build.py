@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medjp_agent.naming import counted
 from medjp_agent.results import MANIFEST, RESULTS, SKIPPED, Run, read_manifest, read_run
 from medjp_agent.scoring import Aggregate, aggregate, aggregate_by
 from medjp_agent.scoring.aggregate import GroupBy
@@ -70,7 +71,7 @@ def subset_reasons(run: Run) -> tuple[str, ...]:
     filters = run.manifest.filters
     reasons = [f"filtered: {k}={v}" for k, v in filters.items() if v and k not in ("years", SKIPPED)]
     if SKIPPED in filters:
-        reasons.append(f"{filters[SKIPPED]['count']} bad input records skipped (--lenient), listed in the manifest")
+        reasons.append(f"{counted(filters[SKIPPED]['count'], 'bad input record')} skipped (--lenient), listed in the manifest")
     if not run.summary.complete:
         reasons.append(f"incomplete run ({run.summary.n_questions}/{run.manifest.n_questions} questions)")
     return tuple(reasons)
