@@ -178,6 +178,12 @@ def test_score_reads_a_csv_exam_through_column_mappings(tmp_path):
                               "--column", "answers=gold", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert read_run(tmp_path / "r").summary.overall["correct"] == 1
+    # The mapping is part of what the run selected: recorded, and read back by `optimize --from-search`.
+    from medjp_agent.cli.options import load_questions, recorded_selection
+
+    filters = read_run(tmp_path / "r").manifest.filters
+    assert filters["columns"] == {"id": "id", "text": "stem", "choices": "A,B", "answers": "gold"}
+    assert load_questions(str(tmp_path / "exam.csv"), **recorded_selection(filters))[2] == filters
 
 
 def test_an_empty_prediction_file_is_refused(tmp_path):

@@ -200,6 +200,7 @@ def test_combined_mode_refuses_other_questions_or_a_silent_change_of_model(tmp_p
     said = " ".join(other.output.replace("│", " ").split())
     assert other.exit_code == 2 and f"--from-search: {search} chose its formats on" in said, other.output
     assert "'limit': 24" in said and "'limit': 10" in said
+    assert run("--lenient", "--top-k", "1").exit_code == 0  # selects nothing: the search's questions are taken
     manifest = json.loads((search / "manifest.json").read_text(encoding="utf-8"))
     (search / "manifest.json").write_text(json.dumps({**manifest, "data": "ward/igakuqa"}), encoding="utf-8")
     moved = run("--model", "on-purpose", "--top-k", "1")

@@ -132,17 +132,22 @@ _SELECTION: dict[str, tuple[str, Any, Any]] = {
 
 
 def selection_given(selection: dict[str, Any]) -> bool:
-    """Whether any data-selection flag was given (``selection`` as :func:`with_data_options` passes it)."""
-    return any(selection.get(keyword) != default for keyword, _, default in _SELECTION.values())
+    """Whether any flag that selects questions was given (``selection`` as :func:`with_data_options` passes it;
+    ``--lenient`` selects none)."""
+    return any(selection.get(keyword) != default for keyword, _, default in _SELECTION.values()
+               if keyword != "lenient")
 
 
 def recorded_selection(filters: dict[str, Any]) -> dict[str, Any]:
-    """``load_questions`` keywords that select what a run's recorded ``filters`` selected (leniently, if that run
-    skipped bad records)."""
+    """``load_questions`` keywords that select what a run's recorded ``filters`` selected (with its column mapping,
+    and leniently if that run skipped bad records)."""
     from medjp_agent.results import SKIPPED
 
     keywords = {keyword: default for keyword, _, default in _SELECTION.values()}
-    return {**keywords, **{k: v for k, v in filters.items() if k in keywords}, "lenient": SKIPPED in filters}
+    recorded = {k: v for k, v in filters.items() if k in keywords}
+    if "columns" in recorded:
+        recorded["columns"] = [f"{field}={column}" for field, column in recorded["columns"].items()]
+    return {**keywords, **recorded, "lenient": SKIPPED in filters}
 
 
 def with_data_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -286,7 +291,7 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
         raise fail(f"no question in {data} has {'; '.join(missing)}")
     filters = {"years": years or [], "sections": sections or [], "text_only": text_only, "qtypes": qtypes or [],
                "n_choices": n_choices or [], "limit": limit, **({"preset": preset} if preset else {}),
-               **skipped_filter(dataset.skipped)}
+               **({"columns": mapping} if mapping else {}), **skipped_filter(dataset.skipped)}
     questions = select(dataset, years=years, sections=sections, text_only=True if text_only else None,
                        qtypes=qtypes, n_choices=n_choices)  # type: ignore[arg-type]
     if preset:

@@ -224,7 +224,7 @@ def optimize(
 
 def _searched_data(pick: Any, run_dir: Path) -> str:
     """The data a search ran on, which the combined mode takes when no --data or selection flag is given."""
-    if pick.data != "sample" and not Path(pick.data).exists():
+    if not Path(pick.data).exists():
         from medjp_agent.errors import ConfigError
 
         raise ConfigError(f"--from-search: the data {run_dir} searched on, {pick.data}, is not found from here (a path "
