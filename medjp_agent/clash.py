@@ -7,11 +7,10 @@ and the model when ``--model`` names it) so a 70B model is not loaded only to be
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from medjp_agent.results import MANIFEST, RESULTS, RunManifest, RunMismatch
+from medjp_agent.results import MANIFEST, RESULTS, RunMismatch, read_manifest
 
 
 def check_run_folder(out: Path, *, model: str | None, **identity: Any) -> None:
@@ -19,7 +18,7 @@ def check_run_folder(out: Path, *, model: str | None, **identity: Any) -> None:
     another kind always, one of the same kind once it holds results."""
     if not (out / MANIFEST).exists():
         return
-    previous = RunManifest.from_dict(json.loads((out / MANIFEST).read_text(encoding="utf-8")))
+    previous = read_manifest(out / MANIFEST)
     wanted = {**identity, **({"model": model} if model else {})}
     held = previous.identity()
     if differ := previous.conflicts(wanted, (out / RESULTS).exists()):

@@ -169,8 +169,9 @@ _RESULT_OPTIONAL = {"forbidden_picked": list, "parse_error": str, "lm_calls": in
                     "completion_tokens": int, "generation_s": (int, float), "text_only": bool, "samples": list,
                     "prompt": (str, list)}
 _MANIFEST_TYPES = {"name": str, "kind": str, "data": str}
-_MANIFEST_OPTIONAL = {"model": str, "adapter": str, "system": str, "optimizer": str, "format": dict, "filters": dict,
-                      "n_questions": int, "command": list, "versions": dict, "extra": dict}
+_MANIFEST_OPTIONAL = {"model": str, "adapter": str, "backend": str, "system": str, "optimizer": str, "format": dict,
+                      "filters": dict, "generation": dict, "n_questions": int, "command": list, "created": str,
+                      "versions": dict, "extra": dict}
 _SUMMARY_TYPES = {"n_questions": int, "overall": dict, "groups": dict}
 _SUMMARY_OPTIONAL = {"lm_calls": int, "prompt_tokens": int, "completion_tokens": int, "generation_s": (int, float),
                      "wall_s": (int, float), "complete": bool, "extra": dict}
@@ -252,7 +253,7 @@ class RunWriter:
         self._file: Any = None
         old = self.dir / MANIFEST
         if old.exists():
-            previous = RunManifest.from_dict(json.loads(old.read_text(encoding="utf-8")))
+            previous = read_manifest(old)
             if diff := previous.conflicts(manifest.identity(), (self.dir / RESULTS).exists()):
                 raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); use another --out")
         if resume:

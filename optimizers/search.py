@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from medjp_agent.data import Question
-from medjp_agent.results import MANIFEST, RunManifest
+from medjp_agent.results import MANIFEST, RunManifest, read_manifest
 from medjp_agent.signatures import PAPER_FORMATS, PromptFormat, resolve_format
 
 from medjp_agent.errors import SEED_RULE, SEEDS, ConfigError, MedjpWarning, check_settings
@@ -151,7 +150,7 @@ def load_search(run_dir: str | Path) -> tuple[SearchResult, RunManifest]:
     manifest_file = path / MANIFEST
     if not manifest_file.exists():
         raise FileNotFoundError(f"{path}: not a run folder (no {MANIFEST})")
-    manifest = RunManifest.from_dict(json.loads(manifest_file.read_text(encoding="utf-8")))
+    manifest = read_manifest(manifest_file)
     if manifest.kind != "search" or "study" not in manifest.extra:
         raise ValueError(f"{path}: not a search run (kind {manifest.kind!r})")
     url = search_storage_url(path, manifest.extra.get("storage"))

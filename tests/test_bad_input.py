@@ -255,3 +255,16 @@ def test_markdown_report_escapes_raw_html(tmp_path: Path):
     assert res.exit_code == 0, res.output
     assert "<img" not in res.output and "<script>" not in res.output
     assert "&lt;img src=x onerror=alert(1)&gt;" in res.output and "&lt;script&gt;" in res.output
+
+
+def test_a_bad_manifest_or_results_line_in_a_run_folder_is_located_not_a_traceback(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"name": "x", "kind": ', encoding="utf-8")
+    res = runner.invoke(app, ["eval", "--out", str(run), "--limit", "1"])  # refused before a model loads
+    assert res.exit_code == 2 and f"{run / 'manifest.json'}:" in res.output and "invalid JSON" in res.output
+    (run / "manifest.json").write_text(json.dumps({"name": "x", "kind": "eval", "data": "sample"}), encoding="utf-8")
+    (run / "results.jsonl").write_text('{"id": 5}\n', encoding="utf-8")
+    res = runner.invoke(app, ["report", "--show", "112A11", str(run)])
+    assert res.exit_code == 2 and f"{run / 'results.jsonl'}:1: id: expected str, got int 5" in " ".join(
+        res.output.split()), res.output

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .options import console
+from .options import console, reports_errors
 
 #: The search's first reference format (the paper's prompt): the report's baseline. The search's second stage
 #: generates with it as written (no ``-direct`` variant), on the same test questions as the winner.
@@ -44,6 +44,7 @@ def _invoke(app: typer.Typer, args: list[str]) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
+    @reports_errors
     def demo(
         out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
         n_trials: Annotated[int, typer.Option(min=1, help="Formats generated with, after 12 screened by log-probability.")] = 8,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .options import console
+from .options import console, reports_errors
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     @app.command("env")
+    @reports_errors
     def env(
         as_json: Annotated[bool, typer.Option("--json", help="Print the same as one JSON object.")] = False,
     ) -> None:

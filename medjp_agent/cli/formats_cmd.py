@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .options import DataOpt, FormatOpt, console, err_console, fail, load_questions
+from .options import DataOpt, FormatOpt, console, err_console, fail, load_questions, reports_errors
 
 formats_app = typer.Typer(help="List the named prompt formats; show the exact prompt a format sends.",
                           no_args_is_help=True)
@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 @formats_app.command("list")
+@reports_errors
 def list_formats() -> None:
     """Every named format, with one line on what it is."""
     from medjp_agent.signatures import DESCRIPTIONS, NAMED_FORMATS
@@ -42,6 +43,7 @@ def rendered_prompt(fmt: Any, question: Any, data: str) -> tuple[list[dict[str, 
 
 
 @formats_app.command("show")
+@reports_errors
 def show(
     name: Annotated[str, typer.Argument(help="A named format, a YAML/JSON format file, or FILE:NAME.")],
     qid: Annotated[str, typer.Option("--id", help="The question's id, e.g. 116A1.")],

@@ -9,7 +9,7 @@ import typer
 
 from medjp_agent.errors import SEEDS
 
-from .options import ByOpt, console, err_console, fail, writable_file, writable_folder
+from .options import ByOpt, console, err_console, fail, reports_errors, writable_file, writable_folder
 
 if TYPE_CHECKING:
     from medjp_agent.report import Report
@@ -20,6 +20,7 @@ DEFAULT_PLOTS = "report-plots"
 
 def register(app: typer.Typer) -> None:
     @app.command("report")
+    @reports_errors
     def report(
         runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders written by eval, score, search or optimize.", show_default=False)],
         baseline: Annotated[Path | None, typer.Option(help="The run every other run is compared with (default: the first RUN); shown first if not among them.")] = None,

@@ -19,7 +19,7 @@ import typer
 
 from medjp_agent.training.config import TrainConfig, TrainConfigError
 
-from .options import console, fail, key_values
+from .options import console, fail, key_values, reports_errors
 
 train_app = typer.Typer(rich_markup_mode="rich")
 
@@ -89,6 +89,7 @@ def _with_config_flags(func: Any) -> Any:
 
 
 @train_app.callback(invoke_without_command=True)
+@reports_errors
 @_with_config_flags
 def train(
     ctx: typer.Context,
@@ -126,6 +127,7 @@ def train(
 
 
 @train_app.command("merge")
+@reports_errors
 def merge(
     adapter: Annotated[Path, typer.Argument(help="Adapter folder (RUN/adapter).")],
     out: Annotated[Path, typer.Option(help="Folder for the merged model.")],
@@ -147,6 +149,7 @@ def merge(
 
 
 @train_app.command("fsdp-config")
+@reports_errors
 def fsdp_config(
     out: Annotated[Path, typer.Option(help="Where to write the accelerate config.")] = Path("fsdp.yaml"),
     num_processes: Annotated[int, typer.Option(help="GPUs in all (over every machine).")] = 2,
