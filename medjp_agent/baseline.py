@@ -12,10 +12,11 @@ from medjp_agent.data.errors import Collector
 from medjp_agent.data.textfile import read_jsonl
 from medjp_agent.scoring import Extraction, QuestionResult, extract_answer
 from medjp_agent.scoring.aggregate import NO_PREDICTION
-from medjp_agent.scoring.harness import harness_extract
+from medjp_agent.scoring.grade import LITERAL_METHOD
+from medjp_agent.scoring.harness import HARNESS_MODES, HarnessMode, harness_extract
 
-ParseMode = Literal["strict", "lenient", "harness-exact", "harness-gestalt"]
-PARSE_MODES: tuple[ParseMode, ...] = ("strict", "lenient", "harness-exact", "harness-gestalt")
+ParseMode = Literal["strict", "lenient", HarnessMode]
+PARSE_MODES: tuple[ParseMode, ...] = ("strict", "lenient", *HARNESS_MODES)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def _strict(prediction: str) -> Extraction:
     # IgakuQA's own rule: split on commas, compare the sorted list with the gold list, nothing normalised.
     parts = tuple(prediction.split(","))
     reason = None if all(p and p == p.strip() for p in parts) else "not IgakuQA's comma-separated answer list"
-    return Extraction(parts, reason=reason, method="igakuqa-strict")
+    return Extraction(parts, reason=reason, method=LITERAL_METHOD)
 
 
 def score_predictions(questions: Sequence[Question], predictions: Predictions, mode: ParseMode = "strict"

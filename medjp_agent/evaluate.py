@@ -1,8 +1,8 @@
 """Where a question is asked: :func:`evaluate` sends questions to an LM, many at a time, and hands each result to
 observers as it finishes.
 
-It is the only place that does: `medjp eval`, a search's dev trials, the held-out test evaluation, `medjp optimize`
-and training's validation samples all call it. What happens to a result is an observer's business: the run-folder
+It is the only place that does: `medjp eval`, a search's dev trials, the held-out test evaluation and `medjp
+optimize` all call it. What happens to a result is an observer's business: the run-folder
 writer (:class:`~medjp_agent.results.RunWriter`), the progress bar (:class:`~medjp_agent.views.RunProgress`), a
 search trial's Optuna reporter (report and prune) and the live search view. An observer that wants the run to end
 early (a pruned trial, a spent budget) says so through ``should_stop``, which is asked before every question.

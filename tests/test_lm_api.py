@@ -226,9 +226,9 @@ def test_rate_limiting_is_retried_after_the_wait_the_server_asks_for(instant: Op
     api = client(instant)
     instant.inject("429")
     assert api(messages=raw("混雑")) == ["考察\n答え：a"] and answered(instant, api) == 1
-    assert api._delay_after(Transient("429", retry_after=3.0), attempt=0) == 3.0  # over the 0.01 s backoff
-    assert api._delay_after(Transient("429", retry_after=1e6), attempt=0) == 60.0  # capped
-    assert api._delay_after(Transient("500"), attempt=1) == 0.02
+    assert api._retry_delay_or_raise(Transient("429", retry_after=3.0), attempt=0) == 3.0  # over the 0.01 s backoff
+    assert api._retry_delay_or_raise(Transient("429", retry_after=1e6), attempt=0) == 60.0  # capped
+    assert api._retry_delay_or_raise(Transient("500"), attempt=1) == 0.02
 
 
 @pytest.mark.parametrize("env, proxy", [({}, None), ({"HTTP_PROXY": "http://proxy:3128"}, "http://proxy:3128"),

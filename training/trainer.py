@@ -286,7 +286,8 @@ def sft_config(cfg: TrainConfig, data: TrainingData, launch: Launch = Launch()) 
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is meant
         max_steps=cfg.max_steps, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a share of the steps
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
         bf16=cfg.compute_dtype == "bfloat16", fp16=cfg.compute_dtype == "float16",
         # Non-reentrant: under DDP the reentrant kind marks a LoRA weight ready twice and fails on the first step.

@@ -119,7 +119,7 @@ def _group_by(value: str) -> str:
 ByOpt = Annotated[str, typer.Option("--by", callback=_group_by, help="Group the table by year, section, category or qtype.")]
 ColumnsOpt = Annotated[list[str] | None, typer.Option("--column", help="FIELD=COLUMN mapping for a generic JSONL/CSV file (repeatable).")]
 LogPromptsOpt = Annotated[bool, typer.Option("--log-prompts", help="Keep each question's exact prompt in results.jsonl (see it with `medjp report --show QID RUN`).")]
-PresetOpt = Annotated[str | None, typer.Option("--preset", help="A named selection: harness (the paper harness's questions: text-only, 5 choices, at most 1,024 characters).")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="A named selection: harness (the paper harness's questions: text-only, 5 choices, question text of at most 1,024 characters).")]
 
 #: Data-selection flags: flag parameter -> (``load_questions`` keyword, annotation, default).
 _SELECTION: dict[str, tuple[str, Any, Any]] = {

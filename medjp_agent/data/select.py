@@ -54,7 +54,7 @@ def unmatched(questions: Sequence[Question], *, years: Sequence[int] = (), secti
 
 
 #: Named selections. ``harness``: the paper harness's question set (``eval_bench.py``): text-only questions with five
-#: choices whose text is at most 1,024 characters.
+#: choices and a question text of at most 1,024 characters.
 PRESETS: dict[str, dict[str, Any]] = {"harness": {"text_only": True, "n_choices": (5,), "max_chars": 1024}}
 
 

@@ -1,7 +1,7 @@
 """LM backends. A backend is one DSPy LM; nothing here knows about formats or scoring.
 
 - local Hugging Face models (optionally 4-bit NF4 with PEFT adapters), batched across threads, cached on disk;
-- OpenAI-compatible servers (vLLM, ...) through ``dspy.LM``.
+- OpenAI-compatible servers (vLLM, ...) through :class:`~.api.APILM`, a ``dspy.BaseLM`` over one HTTP client.
 Heavy libraries (torch, transformers) are imported only when a local model is built.
 """
 

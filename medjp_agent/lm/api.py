@@ -111,7 +111,7 @@ class APILM(dspy.BaseLM):
             try:
                 return _cached(call) or self._accept(call, self.http.post(call.path, call.body))
             except (Transient, RequestRejected) as failure:
-                time.sleep(self._delay_after(failure, attempt))
+                time.sleep(self._retry_delay_or_raise(failure, attempt))
 
     async def aforward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
         call = self._call(prompt, messages, kwargs)
@@ -119,7 +119,7 @@ class APILM(dspy.BaseLM):
             try:
                 return _cached(call) or self._accept(call, await self.http.apost(call.path, call.body))
             except (Transient, RequestRejected) as failure:
-                await asyncio.sleep(self._delay_after(failure, attempt))
+                await asyncio.sleep(self._retry_delay_or_raise(failure, attempt))
 
     # -- one request ---------------------------------------------------------------------------------------------------
     def _call(self, prompt: str | None, messages: list[dict[str, Any]] | None, kwargs: dict[str, Any]) -> _Call:
@@ -168,7 +168,7 @@ class APILM(dspy.BaseLM):
             raise RequestRejected(f"the server at {where} serves no model named {self.model!r}; it serves "
                                   f"{', '.join(served) or 'none'}: pass one as --model", 404) from None
 
-    def _delay_after(self, failure: Transient | RequestRejected, attempt: int) -> float:
+    def _retry_delay_or_raise(self, failure: Transient | RequestRejected, attempt: int) -> float:
         """Seconds to wait before retry ``attempt + 1``; after the last retry, raise why the request failed. A
         refused request is raised at once (a 404 explained first: a blocking lookup, once, as the run stops)."""
         if isinstance(failure, RequestRejected):

@@ -52,7 +52,7 @@ class Transient(Exception):
 
 
 class ServerClient:
-    """POSTs JSON to ``base_url`` over pooled keep-alive connections.
+    """Sends JSON requests (POST, and GET for lookups) to ``base_url`` over pooled keep-alive connections.
 
     The pools have no size cap of their own: together they grow to the number of requests in flight, which the
     caller bounds (``--threads``), and keep every connection alive, so no request of a steady run opens a socket.

@@ -31,10 +31,6 @@ def _numeric(question: Question, answer: tuple[str, ...], literal: bool) -> tupl
     return by_boxes, True
 
 
-def is_correct(question: Question, answer: tuple[str, ...], *, literal: bool = False) -> bool:
-    return grade(question, answer, literal=literal).correct
-
-
 def grade(question: Question, answer: tuple[str, ...], *, literal: bool = False) -> Grade:
     """Grade ``answer``; ``literal`` keeps IgakuQA's string equality for calculation answers."""
     forbidden = tuple(sorted(set(answer) & set(question.forbidden)))
