@@ -205,7 +205,7 @@ def five_shot_round(loaded: Any, five: FiveShot, args: argparse.Namespace, work:
     from medjp_agent.lm.cache import GenerationCache
     from medjp_agent.lm.generation import end_token_ids
     from medjp_agent.lm.hf import HFLM
-    from medjp_agent.lm.options import RAW_PROMPT
+    from medjp_agent.lm.prompts import raw_messages
     from medjp_agent.runs import evaluate_run
 
     model, tokenizer, n, b = loaded.model, loaded.tokenizer, args.new_tokens, args.batch_size
@@ -220,7 +220,7 @@ def five_shot_round(loaded: Any, five: FiveShot, args: argparse.Namespace, work:
     calls = lm.generate_calls
     if not raw:
         raise SystemExit(f"--format-5shot {args.format_5shot}: the comparison needs a raw-completion format")
-    again = [lm.complete(messages=[{"role": "user", "content": t, "name": RAW_PROMPT}]).texts[0] for t in texts]
+    again = [lm.complete(messages=raw_messages(t)).texts[0] for t in texts]
     ends = end_token_ids(model, tokenizer)
     cut = [row[: next((i for i, t in enumerate(row) if t in ends), len(row))] for row in rows]
     prefix = lm.prefixes

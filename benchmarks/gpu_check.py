@@ -118,7 +118,8 @@ def oom_check(work: Path, device: str) -> dict[str, Any]:
 
     from medjp_agent.lm.hf import HFLM
     from medjp_agent.lm.loading import load
-    from medjp_agent.lm.options import RAW_PROMPT, LMOptions
+    from medjp_agent.lm.options import LMOptions
+    from medjp_agent.lm.prompts import raw_messages
 
     # float32 compute: answers then do not depend on how a batch was split, so they can be compared.
     opts = LMOptions(model=str(work / "model"), adapters=(f"lora={work / 'adapter'}",), load_in_4bit=True,
@@ -128,7 +129,7 @@ def oom_check(work: Path, device: str) -> dict[str, Any]:
     width = max(len(loaded.tokenizer(p)["input_ids"]) for p in prompts)
     capped = cap_memory(loaded, width)
     lm = HFLM(capped, batch_size=OOM_PROMPTS, cache=None, max_tokens=OOM_NEW, min_new_tokens=OOM_NEW)
-    messages = [[{"role": "user", "content": p, "name": RAW_PROMPT}] for p in prompts]
+    messages = [raw_messages(p) for p in prompts]
     start = time.perf_counter()
     with ThreadPoolExecutor(OOM_PROMPTS) as pool:
         answers = list(pool.map(lambda m: _answer(lm, m), messages))

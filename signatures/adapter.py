@@ -23,21 +23,11 @@ import dspy
 from medjp_agent.data import LABELS, Question
 from medjp_agent.errors import lm_boundary
 from medjp_agent.lm.options import RAW_PROMPT
-from medjp_agent.lm.prompts import is_raw
+from medjp_agent.lm.prompts import prompt_sent, raw_messages
 from medjp_agent.prompt_log import prompts_logged
 from medjp_agent.scoring import Extraction, extract_answer, locate_answer
 
 from .formats import ALPACA_HEADER, DESCRIPTORS, PERSONAS, PromptFormat
-
-def raw_messages(text: str) -> list[dict[str, Any]]:
-    """A raw completion prompt as the one message the backends recognise (:data:`RAW_PROMPT`)."""
-    return [{"role": "user", "content": text, "name": RAW_PROMPT}]
-
-
-def prompt_sent(messages: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """The prompt as a reader wants it: a raw completion prompt's text, or the chat messages."""
-    return str(messages[0]["content"]) if is_raw(messages) else messages
-
 
 _ALPACA_HEADER_EN = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -16,7 +16,7 @@ from openai_server import FixedReply, OpenAIServer
 from medjp_agent.data import SAMPLE_DIR, load_igakuqa
 from medjp_agent.lm.api import APILM, ServerUnavailable
 from medjp_agent.lm.errors import NotRun, RequestRejected
-from medjp_agent.lm.options import RAW_PROMPT
+from medjp_agent.lm.prompts import raw_messages as raw
 from medjp_agent.runs import evaluate_run
 
 #: vLLM's refusal of a prompt longer than ``--max-model-len`` (vllm/renderers/params.py), as its server sends it.
@@ -37,10 +37,6 @@ def server() -> Iterator[OpenAIServer]:
 def client(server: OpenAIServer, **kwargs: Any) -> APILM:
     settings = {"num_retries": 2, "backoff_s": 0.01, "timeout_s": 60.0, "max_tokens": 8, "cache": False, **kwargs}
     return APILM(server.name, server.url, **settings)
-
-
-def raw(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text, "name": RAW_PROMPT}]
 
 
 def test_a_prompt_over_the_models_context_is_not_run_for_that_question_only(server: OpenAIServer,

@@ -27,7 +27,8 @@ from medjp_agent.lm.errors import NotRun, RequestRejected
 from medjp_agent.lm.finish import finish_summary
 from medjp_agent.lm.hf import HFLM
 from medjp_agent.lm.http import ServerClient, Transient, environment_proxy
-from medjp_agent.lm.options import RAW_PROMPT, LMOptions
+from medjp_agent.lm.options import LMOptions
+from medjp_agent.lm.prompts import raw_messages as raw
 from medjp_agent.runs import evaluate_run
 from openai_server import FixedReply, OpenAIServer
 
@@ -48,10 +49,6 @@ def client(server: OpenAIServer, **kwargs) -> APILM:
     """A client with its own model name: DSPy's cache never answers for another test's requests."""
     settings = {"num_retries": 2, "backoff_s": 0.01, "timeout_s": 60.0, "max_tokens": 8, **kwargs}
     return APILM(f"tiny-{uuid.uuid4().hex[:8]}", server.url, **settings)
-
-
-def raw(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text, "name": RAW_PROMPT}]
 
 
 def test_chat_and_raw_prompts_reach_their_endpoints(server: OpenAIServer):

@@ -13,15 +13,12 @@ import dspy
 import pytest
 
 from medjp_agent.lm.hf import HFLM
-from medjp_agent.lm.options import RAW_PROMPT, LMOptions
+from medjp_agent.lm.options import LMOptions
+from medjp_agent.lm.prompts import raw_messages as raw
 from medjp_agent.signatures import NAMED_FORMATS, MedicalQA
 
 PROMPTS = ["問題：高血圧の治療で第一選択となる薬はどれか。", "答え：", "### 指示：\n以下は医学知識に関する多肢選択問題です。\n\n### 入力：\n発熱",
            "a", "選択肢：\na. 肺炎\nb. 気胸\nc. 心不全", "解説：急性心筋梗塞では"]
-
-
-def raw(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text, "name": RAW_PROMPT}]
 
 
 def complete_all(lm: HFLM, prompts: list[str], threads: int = 16, **kwargs) -> list[tuple[str, ...]]:

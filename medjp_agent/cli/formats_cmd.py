@@ -52,7 +52,8 @@ def show(
 ) -> None:
     """Print exactly the prompt the LM receives for one question and nothing else: the raw text for completion
     formats, the messages as JSON for chat formats. Notes (such as a substitute exemplar) go to stderr."""
-    from medjp_agent.signatures import RAW_PROMPT, resolve_format
+    from medjp_agent.lm.prompts import prompt_sent
+    from medjp_agent.signatures import resolve_format
 
     try:
         fmt = resolve_format(name)
@@ -68,10 +69,8 @@ def show(
     messages, note = rendered_prompt(fmt, question, data)
     if note:
         err_console.print(f"[dim]note:[/] {note}", highlight=False, soft_wrap=True)
-    if len(messages) == 1 and messages[0].get("name") == RAW_PROMPT:
-        sys.stdout.write(messages[0]["content"])
-    else:
-        sys.stdout.write(json.dumps(messages, ensure_ascii=False, indent=2) + "\n")
+    shown = prompt_sent(messages)
+    sys.stdout.write(shown if isinstance(shown, str) else json.dumps(shown, ensure_ascii=False, indent=2) + "\n")
     sys.stdout.flush()
 
 

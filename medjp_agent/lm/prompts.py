@@ -26,6 +26,16 @@ def is_raw(messages: list[dict[str, Any]]) -> bool:
     return len(messages) == 1 and messages[0].get("name") == RAW_PROMPT
 
 
+def raw_messages(text: str) -> list[dict[str, Any]]:
+    """A raw completion prompt as the one message the backends recognise (:data:`RAW_PROMPT`)."""
+    return [{"role": "user", "content": text, "name": RAW_PROMPT}]
+
+
+def prompt_sent(messages: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The prompt as a reader wants it: a raw completion prompt's text, or the chat messages."""
+    return str(messages[0]["content"]) if is_raw(messages) else messages
+
+
 def render_prompt(tokenizer: Any, messages: list[dict[str, Any]] | None, prompt: str | None = None) -> RenderedPrompt:
     """The text a model is given for a DSPy call (a bare ``prompt`` is one user turn, as in ``dspy.LM``)."""
     messages = messages if messages is not None else [{"role": "user", "content": prompt or ""}]

@@ -59,7 +59,7 @@ def rerendered_prompt(run_dir: Path, result: QuestionResult) -> tuple[Any, str]:
 
 
 def _prompt_text(prompt: Any) -> Text:
-    from medjp_agent.signatures.adapter import prompt_sent
+    from medjp_agent.lm.prompts import prompt_sent
 
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], dict):  # an ensemble's prompts, as sent
         return Text("\n\n── next prompt ──\n\n").join(_prompt_text(p) for p in prompt)
