@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-import yaml
 from rich.console import Console
 
 from medjp_agent.data import Question
@@ -112,8 +111,7 @@ def _run_eval_locked(config: EvalConfig) -> RunSummary:
     finally:
         summary = writer.finalize(n_expected=len(config.questions), wall_s=time.perf_counter() - start)
     config.program.save(str(config.out / PROGRAM))
-    (config.out / FORMAT_FILE).write_text(yaml.safe_dump({fmt.name: fmt.to_dict()}, allow_unicode=True,
-                                                         sort_keys=False), encoding="utf-8")
+    (config.out / FORMAT_FILE).write_text(fmt.to_yaml(), encoding="utf-8")
     if config.console is not None:
         title = f"{config.out.name} · {fmt.name} · {describe_lm(lm)['model']}"
         config.console.print(summary_table(summary, by=config.by, title=title))

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-import yaml
 from rich.console import Console
 
 from medjp_agent.data import Question
@@ -77,9 +76,7 @@ def save_best(program: MedicalQA, out: Path) -> None:
     """``best_program.json`` (DSPy ``save``) and ``best_format.yaml`` (one named format) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     program.save(str(out / BEST_PROGRAM))
-    fmt = program.format
-    (out / BEST_FORMAT).write_text(yaml.safe_dump({fmt.name: fmt.to_dict()}, allow_unicode=True, sort_keys=False),
-                                   encoding="utf-8")
+    (out / BEST_FORMAT).write_text(program.format.to_yaml(), encoding="utf-8")
 
 
 def finish_search(best: PromptFormat, references: Sequence[str | PromptFormat], questions: Sequence[Question],

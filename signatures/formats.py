@@ -204,6 +204,10 @@ class PromptFormat:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """A format file holding this format (``NAME: {fields}``), as ``--format FILE`` reads it."""
+        return yaml.safe_dump({self.name: self.to_dict()}, allow_unicode=True, sort_keys=False)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>") -> "PromptFormat":
         names = {f.name for f in dataclasses.fields(cls)}

@@ -143,7 +143,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
     if main:
         trainer.processing_class.save_pretrained(str(adapter))
         resolved.to_yaml(adapter / "train_config.yaml")
-        (adapter / "format.yaml").write_text(_format_yaml(data), encoding="utf-8")
+        (adapter / "format.yaml").write_text(data.format.to_yaml(), encoding="utf-8")
         manifest.to_json(adapter / "train_manifest.json")  # written last: its presence marks a complete adapter
     return manifest
 
@@ -342,12 +342,6 @@ def _warn_truncation(data: TrainingData, tokenizer: Any, max_length: int, consol
         console.print(f"[yellow]warning:[/] {cut} of {len(lengths)} examples exceed max_length={max_length} tokens "
                       f"(longest {max(lengths)}) and lose the end of their answer", highlight=False)
 
-
-def _format_yaml(data: TrainingData) -> str:
-    import yaml
-
-    fmt = data.format.to_dict()
-    return yaml.safe_dump({fmt.pop("name"): fmt}, allow_unicode=True, sort_keys=False)
 
 
 def _manifest(trainer: Any, cfg: TrainConfig, data: TrainingData, adapter: Path, seconds: float,
