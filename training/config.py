@@ -8,7 +8,6 @@ every error names the field (and the file it came from), e.g. ``train.yaml: Trai
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -17,6 +16,7 @@ import yaml
 
 from medjp_agent.data.fields import type_problem
 from medjp_agent.errors import SEED_RULE, SEEDS
+from medjp_agent.suggest import did_you_mean
 
 Target = Literal["explanation", "answer"]
 Dtype = Literal["bfloat16", "float16", "float32"]
@@ -202,9 +202,7 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TrainConfigError(str(key), f"unknown field{hint}", source)
+                raise TrainConfigError(str(key), f"unknown field{did_you_mean(str(key), names)}", source)
         hints = get_type_hints(cls)
         values = {k: _coerce(v, hints[k]) for k, v in data.items()}
         try:
