@@ -148,6 +148,15 @@ class MedicalQA(dspy.Module):
             calls.append((order, kwargs))
         return _Ballot(calls)
 
+    def first_prompt(self, question: str, choices: Sequence[str] | None = ()) -> list[dict[str, Any]]:
+        """The messages of the first LM call for this question (the first vote's order of the choices), rendered
+        without asking the LM: before Medprompt's self-generated chains of thought are prepared, their demos carry
+        the pool's own explanations."""
+        _, kwargs = self._ballot(question, choices).calls[0]
+        demos = kwargs.get("demos", self.cot.predict.demos)
+        inputs = {"question": kwargs["question"], "choices": kwargs["choices"]}
+        return self.adapter.format(self.cot.predict.signature, [dict(d) for d in demos], inputs)
+
     def _call(self, **kwargs: Any) -> list[dict[str, Any]]:
         with dspy.context(adapter=self.adapter):
             return _outputs(self.cot(**kwargs))

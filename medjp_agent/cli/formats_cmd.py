@@ -35,11 +35,10 @@ def rendered_prompt(fmt: Any, question: Any, data: str) -> tuple[list[dict[str, 
 
     pool = exemplar_pool(data, fmt)
     qa = MedicalQA(fmt, demo_pool=list(pool.demos))
-    # The same demos and (first-vote) choice order MedicalQA.forward sends.
-    demos = qa.cot.predict.demos if qa._selector.fixed else qa._selector.select(question.text, question.choices)
-    order = qa._permutation(question.text, len(question.choices), 0)
-    inputs = {"question": question.text, "choices": [question.choices[i] for i in order]}
-    return qa.adapter.format(qa.cot.predict.signature, [dict(d) for d in demos], inputs), pool.note
+    note = " ".join(filter(None, [pool.note, "the demos' reasoning is the model's own once it has answered them "
+                                  "(Medprompt's self-generated chains of thought): shown here with the exemplars' "
+                                  "explanations" if fmt.self_generated_cot else ""]))
+    return qa.first_prompt(question.text, question.choices), note
 
 
 @formats_app.command("show")
