@@ -153,9 +153,14 @@ def load_search(run_dir: str | Path) -> tuple[SearchResult, RunManifest]:
     manifest = read_manifest(manifest_file)
     if manifest.kind != "search" or "study" not in manifest.extra:
         raise ValueError(f"{path}: not a search run (kind {manifest.kind!r})")
-    url = search_storage_url(path, manifest.extra.get("storage"))
-    study = optuna.load_study(study_name=str(manifest.extra["study"]), storage=open_storage(url))
-    return SearchResult.from_study(study), manifest
+    return SearchResult.from_study(search_study(path, manifest)[0]), manifest
+
+
+def search_study(run_dir: Path, manifest: RunManifest) -> tuple[optuna.Study, str]:
+    """The study a search folder's manifest names, and its storage URL (:func:`search_storage_url`). Raises
+    KeyError when the storage holds no study of that name."""
+    url = search_storage_url(run_dir, str(manifest.extra.get("storage") or ""))
+    return optuna.load_study(study_name=str(manifest.extra["study"]), storage=open_storage(url)), url
 
 
 def identity(space: FormatSpace, score: str, dev: Sequence[Question]) -> dict[str, Any]:

@@ -106,12 +106,9 @@ def load_search_view(run_dir: Path, manifest: RunManifest, run: str = "") -> Sea
     """
     if manifest.kind != "search" or "study" not in manifest.extra:
         return None
-    import optuna
+    from medjp_agent.optimizers.search import search_study
 
-    from medjp_agent.optimizers import open_storage, search_storage_url
-
-    url = search_storage_url(run_dir, str(manifest.extra.get("storage") or ""))
-    study = optuna.load_study(study_name=str(manifest.extra["study"]), storage=open_storage(url))
+    study, url = search_study(run_dir, manifest)
     return dataclasses.replace(summarise_study(study, run or manifest.name or run_dir.name), storage=url)
 
 
