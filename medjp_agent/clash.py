@@ -23,8 +23,7 @@ def check_run_folder(out: Path, *, model: str | None, **identity: Any) -> None:
     held = previous.identity()
     if differ := previous.conflicts(wanted, (out / RESULTS).exists()):
         shown = "; ".join(f"{k}: {_short(held[k])} there, {_short(wanted[k])} now" for k in differ)
-        raise RunMismatch(f"{out} holds a different run ({', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}): {shown}. Use another --out, "
-                          "or leave --out out for a new folder named by model, format and time")
+        raise RunMismatch(out, differ, shown, ", or leave --out out for a new folder named by model, format and time")
 
 
 def _short(value: Any) -> str:

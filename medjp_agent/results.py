@@ -40,7 +40,13 @@ _GROUPS = ("year", "section", "category", "qtype")
 
 
 class RunMismatch(MedjpError, ValueError):
-    """Resuming into a folder that holds a different run (other model, format or data)."""
+    """Resuming into a folder that holds a different run (other model, format or data): ``differ`` names the
+    identity fields that differ, ``detail`` how, ``hint`` what else to do than choose another folder."""
+
+    def __init__(self, folder: Path, differ: Sequence[str], detail: str = "", hint: str = ""):
+        verb = "differs" if len(differ) == 1 else "differ"
+        super().__init__(f"{folder} holds a different run ({', '.join(differ)} {verb})"
+                         f"{': ' + detail if detail else ''}; use another --out{hint}")
 
 
 def skipped_filter(skipped: Sequence[str]) -> dict[str, Any]:
@@ -255,7 +261,7 @@ class RunWriter:
         if old.exists():
             previous = read_manifest(old)
             if diff := previous.conflicts(manifest.identity(), (self.dir / RESULTS).exists()):
-                raise RunMismatch(f"{self.dir} holds a different run ({', '.join(diff)} {'differs' if len(diff) == 1 else 'differ'}); use another --out")
+                raise RunMismatch(self.dir, diff)
         if resume:
             self._results = {r.id: r for r in read_results(self.dir / RESULTS)}
             self._repair_tail()

@@ -261,8 +261,8 @@ class SearchSummary:
 
     def __rich__(self) -> RenderableType:
         r = self.result
-        table = Table(title=f"{r.study}: {counted(r.n_complete, 'trial')} ({r.n_pruned} pruned, {r.n_duplicates} repeated) "
-                            f"· stop: {r.stop_reason}")
+        table = Table(title=f"{r.study}: {counted(r.n_complete, 'trial')} ({r.n_pruned} pruned, "
+                            f"{r.n_duplicates} repeated) · stop: {r.stop_reason}")
         for name, justify in (("", "left"), ("dev accuracy", "right"), ("score", "right"), ("test accuracy", "right")):
             table.add_column(name, justify=justify)
         rows = ([("best: " + r.best.name, r.best, "best")] if r.best else []) + [

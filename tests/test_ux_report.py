@@ -209,7 +209,7 @@ def test_log_prompts_keeps_the_exact_prompt_and_show_prints_it(tmp_path, monkeyp
     assert runner.invoke(app, ["eval", "--out", str(plain), "--limit", "2"]).exit_code == 0
     results = read_run(logged).results
     assert all(r.prompt and hash_prompt(r.prompt) == r.prompt_hash for r in results)  # exactly what was sent
-    assert all(isinstance(r.prompt, str) and r.prompt.endswith("### 応答：\n") for r in results)  # a raw prompt's text
+    assert all(isinstance(r.prompt, str) and r.prompt.endswith("### 応答：\n") for r in results)  # raw: the text
     assert '"prompt"' not in (plain / "results.jsonl").read_text(encoding="utf-8")  # off by default
     res = runner.invoke(app, ["report", "--show", results[0].id, str(logged)], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "prompt (stored by --log-prompts)" in res.output and "### 指示：" in res.output

@@ -65,8 +65,8 @@ def load_training_questions(cfg: TrainConfig) -> Dataset:
     try:
         questions = load_dataset(path, columns=cfg.columns or None, lenient=cfg.lenient)
     except DataError as e:
-        raise TrainConfigError("data", str(e) + ("" if cfg.lenient else " (--lenient, or `lenient: true` in the config, skips bad "
-                                                                     "records)")) from None
+        hint = "" if cfg.lenient else " (--lenient, or `lenient: true` in the config, skips bad records)"
+        raise TrainConfigError("data", str(e) + hint) from None
     if not len(questions):
         # Said here: later checks would blame `target` or `validation_fraction` for an empty file.
         skipped = f" ({counted(len(questions.skipped), 'bad record')} skipped)" if questions.skipped else ""

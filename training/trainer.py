@@ -113,8 +113,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = N
         raise TrainConfigError("out", f"{cfg.out}: cannot write a run folder here ({reason})")
     questions = load_training_questions(cfg)
     if questions.skipped:
-        console.print(f"[yellow]skipped {counted(len(questions.skipped), 'bad record')} of {escape(questions.source)} (lenient), "
-                      f"each listed in {escape(cfg.out)}/data.json; first: {escape(questions.skipped[0])}[/]",
+        console.print(f"[yellow]skipped {counted(len(questions.skipped), 'bad record')} of {escape(questions.source)} "
+                      f"(lenient), each listed in {escape(cfg.out)}/data.json; first: "
+                      f"{escape(questions.skipped[0])}[/]",
                       highlight=False, soft_wrap=True)
     contamination = _contamination(cfg, questions, console)
     data = build_training_data(cfg, questions)

@@ -261,8 +261,8 @@ def _print_load_warnings(dataset: Any, skip_reason: str, shown: int = 10) -> Non
     if len(dataset.warnings) > shown:
         err_console.print(f"[yellow]warning:[/] … and {len(dataset.warnings) - shown} more warnings", highlight=False)
     if dataset.skipped:
-        err_console.print(f"[yellow]warning:[/] skipped {counted(len(dataset.skipped), 'bad record')} ({skip_reason}); first: "
-                          f"{escape(dataset.skipped[0])}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] skipped {counted(len(dataset.skipped), 'bad record')} ({skip_reason});"
+                          f" first: {escape(dataset.skipped[0])}", highlight=False, soft_wrap=True)
 
 
 def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool = False,

@@ -71,7 +71,8 @@ def subset_reasons(run: Run) -> tuple[str, ...]:
     filters = run.manifest.filters
     reasons = [f"filtered: {k}={v}" for k, v in filters.items() if v and k not in ("years", SKIPPED)]
     if SKIPPED in filters:
-        reasons.append(f"{counted(filters[SKIPPED]['count'], 'bad input record')} skipped (--lenient), listed in the manifest")
+        skipped = counted(filters[SKIPPED]["count"], "bad input record")
+        reasons.append(f"{skipped} skipped (--lenient), listed in the manifest")
     if not run.summary.complete:
         reasons.append(f"incomplete run ({run.summary.n_questions}/{run.manifest.n_questions} questions)")
     return tuple(reasons)
