@@ -87,11 +87,14 @@ class RunManifest:
 
     def same(self, key: str, value: Any) -> bool:
         """Whether identity field ``key`` equals ``value``; runs recorded before generation settings were (empty)
-        match any. The bad records a lenient load skipped are recorded in ``filters`` but select nothing: a run
-        resumed after the file was mended asks the mended questions too."""
+        match any, as runs recorded before column mappings were match any mapping. The bad records a lenient load
+        skipped are recorded in ``filters`` but select nothing: a run resumed after the file was mended asks the
+        mended questions too."""
         mine = getattr(self, key)
         if key == "filters":
             mine, value = selection_filters(mine), selection_filters(value)
+            if "columns" not in mine:
+                value = {k: v for k, v in value.items() if k != "columns"}
         return mine == value or (key == "generation" and not mine)
 
     def conflicts(self, wanted: dict[str, Any], has_results: bool) -> list[str]:

@@ -58,7 +58,7 @@ class Budget:
 
     def spent(self, trials: Sequence[FrozenTrial], elapsed_s: float, lm_calls: int | None = None) -> StopReason | None:
         """Which budget ran out; ``lm_calls`` defaults to the calls the trials recorded."""
-        if self.n_trials is not None and len(counted(trials)) >= self.n_trials:
+        if self.n_trials is not None and len(budgeted_trials(trials)) >= self.n_trials:
             return "n_trials"
         if self.timeout_s is not None and elapsed_s >= self.timeout_s:
             return "timeout"
@@ -68,7 +68,7 @@ class Budget:
         return None
 
 
-def counted(trials: Sequence[FrozenTrial], states: Sequence[TrialState] = _FINISHED) -> list[FrozenTrial]:
+def budgeted_trials(trials: Sequence[FrozenTrial], states: Sequence[TrialState] = _FINISHED) -> list[FrozenTrial]:
     """The trials a trial budget counts: a repeated format copies a finished trial's value and costs nothing."""
     return [t for t in trials if t.state in states and DUPLICATE_OF not in t.user_attrs]
 
@@ -202,12 +202,12 @@ class Workers:
         with self._claim_lock:
             n_trials = self.budget.n_trials
             if n_trials is not None:
-                if len(counted(self.study.get_trials(deepcopy=False, states=_HELD), _HELD)) >= n_trials:
+                if len(budgeted_trials(self.study.get_trials(deepcopy=False, states=_HELD), _HELD)) >= n_trials:
                     return None
             trial = self.study.ask()
             if n_trials is None:
                 return trial
-            held = counted(self.study.get_trials(deepcopy=False, states=_HELD), _HELD)
+            held = budgeted_trials(self.study.get_trials(deepcopy=False, states=_HELD), _HELD)
             if sum(t.number < trial.number for t in held) < n_trials:
                 return trial
         # Another process claimed the last slot between our count and our ask: give the slot back.

@@ -198,6 +198,11 @@ def test_skipped_records_do_not_keep_a_mended_file_from_resuming():
     held = RunManifest(name="r", kind="eval", data="d.jsonl", filters={"years": [2018], **skipped_filter(["d:3: x"])})
     assert held.conflicts({"kind": "eval", "filters": {"years": [2018]}}, has_results=True) == []
     assert held.conflicts({"kind": "eval", "filters": {"years": [2019]}}, has_results=True) == ["filters"]
+    # A CSV run recorded before filters held the column mapping resumes; once recorded, another mapping is another run.
+    mapped = {"years": [2018], "columns": {"text": "stem"}}
+    assert held.conflicts({"kind": "eval", "filters": mapped}, has_results=True) == []
+    held = RunManifest(name="r", kind="eval", data="d.csv", filters=mapped)
+    assert held.conflicts({"kind": "eval", "filters": {**mapped, "columns": {"text": "q"}}}, True) == ["filters"]
 
 
 def test_formats_show_reads_past_bad_records_and_says_why_without_naming_a_flag_it_does_not_have():
