@@ -47,7 +47,8 @@ class EvalConfig:
 
     Args:
         questions: What to ask (a folder that already holds some of them resumes: only the rest are asked).
-        program: The program asking them (``MedicalQA`` or any module whose prediction carries an ``extraction``).
+        program: The program asking them: ``MedicalQA``, or a DSPy module with its ``format`` (a
+            :class:`PromptFormat`, recorded in the manifest) whose prediction carries an ``extraction``.
         lm: Any DSPy LM, or :class:`LMOptions` to build one.
         out: The run folder.
         threads: Questions in flight at once.

@@ -3,11 +3,14 @@
 Labels and numbers are read only where a model states its answer; the order of attempts is part of the contract:
 
 1. with a format ``marker``: only the span after the *last* marker (no marker: failure);
-2. an answer marker in the text (``答え：``, ``解答:``, ``正解は``, ``answer:``; the last one that holds an answer);
-3. an answer line: the text opens with labels (``a, c``, ``c (…)``, ``b: …``), or its last line is only labels;
-4. the text of a choice (or several, comma-separated): exact, then one clearly closest choice;
-5. a refusal or hedge ("cannot answer without the image") is a failure with reason ``refusal``;
-6. calculation questions: a number on the answer line, or in a final statement (``… = 97です``).
+2. an answer marker in the text (``答え：``, ``解答:``, ``正解は``, ``answer:``; the last one that holds labels or a
+   choice's text);
+3. a choice's exact text (or several, comma-separated): 「C.difficile …」 is that choice, not label ``c``;
+4. an opening answer line: the text starts with labels (``a, c``, ``c (…)``, ``b: …``);
+5. one clearly closest choice text;
+6. a refusal or hedge ("cannot answer without the image") is a failure with reason ``refusal``;
+7. a last line of labels only, or of one choice's exact text (reasoning first, the answer last);
+8. calculation questions instead: a number on the answer line, or in a final statement (``… = 97です``).
 
 A label is a whole token: ``b`` in ``B型肝炎``, ``β-D-グルカン`` or ``ビタミンB12`` is not a label, nor is the
 English article in ``a definitive diagnosis``. Circled box digits (``①146②``) are never read as numbers.
