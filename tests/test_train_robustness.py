@@ -196,15 +196,16 @@ def test_a_resume_drops_the_torn_line_a_kill_leaves_in_the_metrics(tmp_path: Pat
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo', encoding="utf-8")
+    assert read_metrics(path) == rows  # a reader skips the torn line; a resume must not append after it
     MetricsLog(path).keep_until(2)
-    assert read_metrics(path) == rows[:2]
+    assert path.read_text(encoding="utf-8") == "".join(json.dumps(r) + "\n" for r in rows[:2])
 
 
 def test_a_finished_run_resumed_to_train_longer_keeps_one_closing_summary(tmp_path: Path):
-    from medjp_agent.training.progress import MetricsLog, read_metrics
+    from medjp_agent.training.progress import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "train_runtime": 3.1, "train_loss": 1.7}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     MetricsLog(path).keep_until(2)  # the run resumes from its last checkpoint, step 2, and will log its own summary
-    assert read_metrics(path) == rows[:2]
+    assert path.read_text(encoding="utf-8") == "".join(json.dumps(r) + "\n" for r in rows[:2])

@@ -80,8 +80,8 @@ def _record(line: str) -> dict[str, Any] | None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a ``metrics.jsonl`` file, without the torn last line a kill mid-write leaves."""
+    return [record for line in path.read_text(encoding="utf-8").splitlines() if (record := _record(line)) is not None]
 
 
 class RichProgress(TrainerCallback):
