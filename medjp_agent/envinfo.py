@@ -56,7 +56,7 @@ class EnvInfo:
 
 
 def collect() -> EnvInfo:
-    from medjp_agent.lm.tiny import medjp_home
+    from medjp_agent.paths import medjp_home
 
     home = medjp_home()
     return EnvInfo(python=platform.python_version(), platform=platform.platform(), versions=versions(),

@@ -4,7 +4,8 @@ Names a user chooses (a format's name, a finalist's) become folder and file name
 cannot, and :func:`inside` builds a path from names and proves it stays under its parent, so a name like
 ``../../x`` or ``/abs/x`` can never write outside ``runs/``. :func:`replace_text` writes a file so that a kill at
 any moment leaves either the old content or the new, never a truncated mix. :func:`folder_write_error` proves an
-output folder writable while flags are read, before the work whose files it will hold.
+output folder writable while flags are read, before the work whose files it will hold. :func:`medjp_home` is where
+medjp keeps its caches.
 """
 
 from __future__ import annotations
@@ -73,3 +74,9 @@ def replace_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def medjp_home() -> Path:
+    """Where medjp keeps caches (tiny model, generation cache, demo adapters): ``$MEDJP_HOME`` or
+    ``~/.cache/medjp``."""
+    return Path(os.environ.get("MEDJP_HOME") or Path.home() / ".cache" / "medjp")

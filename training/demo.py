@@ -61,7 +61,8 @@ def single_thread() -> Iterator[None]:
 def demo_adapter_dir(fmt: PromptFormat, config: TrainConfig = DEMO_CONFIG) -> Path:
     """Where the demo adapter for ``fmt`` and ``config`` is (or will be) cached."""
     from medjp_agent.lm.fingerprint import fingerprint
-    from medjp_agent.lm.tiny import ensure_tiny_model, medjp_home
+    from medjp_agent.lm.tiny import ensure_tiny_model
+    from medjp_agent.paths import medjp_home
 
     key = json.dumps([config.replace(format=fmt.to_dict(), out="").to_dict(), fingerprint(ensure_tiny_model())],
                      sort_keys=True, ensure_ascii=False)

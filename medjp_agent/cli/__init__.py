@@ -42,7 +42,7 @@ for _module in ("eval_cmd", "score_cmd", "report_cmd", "search_cmd", "train_cmd"
 
 def main() -> None:
     from medjp_agent.cli.options import show_own_warnings
-    from medjp_agent.lm.tiny import medjp_home
+    from medjp_agent.paths import medjp_home
     from medjp_agent.quiet import silence_library_noise
 
     silence_library_noise()  # before any command imports bitsandbytes or transformers

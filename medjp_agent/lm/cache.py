@@ -26,7 +26,7 @@ from diskcache.core import MODE_RAW, MODE_TEXT
 
 from .completions import Generation
 from .params import GenerationParams
-from .tiny import medjp_home
+from ..paths import medjp_home
 
 
 def default_cache_dir() -> Path:

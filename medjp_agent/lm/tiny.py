@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..paths import medjp_home
 
 #: A minimal chat template, so chat formats work on the tiny model as on instruct models.
 CHAT_TEMPLATE = (
@@ -43,11 +44,6 @@ class TinyConfig:
         settings (an older default) is never taken for this one."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
         return f"tiny-llama-l{self.layers}-h{self.hidden}-i{self.intermediate}-v{self.vocab}-s{self.seed}-{digest}"
-
-
-def medjp_home() -> Path:
-    """Where medjp keeps caches (tiny model, generation cache): ``$MEDJP_HOME`` or ``~/.cache/medjp``."""
-    return Path(os.environ.get("MEDJP_HOME") or Path.home() / ".cache" / "medjp")
 
 
 def _corpus() -> list[str]:
