@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import medjp_agent.lm as backends
 from medjp_agent.cli import app
-from medjp_agent.data import Question, load_dataset
+from medjp_agent.data import SAMPLE_DIR, Question, load_dataset
 from medjp_agent.evaluate import answer_question
 from medjp_agent.optimizers import (
     BEST_PROGRAM, OPTIMIZERS, ExamMetric, LogprobQA, OptimizeConfig, OptimizerSettings, Splits, compile_program,
@@ -198,14 +198,18 @@ def test_combined_mode_refuses_other_questions_or_a_silent_change_of_model(tmp_p
 
     other = run("--limit", "10")
     said = " ".join(other.output.replace("│", " ").split())
-    assert other.exit_code == 2 and f"--from-search: {search} chose its formats on" in said, other.output
-    assert "'limit': 24" in said and "'limit': 10" in said
+    assert other.exit_code == 2 and f"--from-search: {search} chose its formats on other questions (limit: 24 " \
+        "there, 10 now)" in said, other.output
     assert run("--lenient", "--top-k", "1").exit_code == 0  # selects nothing: the search's questions are taken
     manifest = json.loads((search / "manifest.json").read_text(encoding="utf-8"))
     (search / "manifest.json").write_text(json.dumps({**manifest, "data": "ward/igakuqa"}), encoding="utf-8")
     moved = run("--model", "on-purpose", "--top-k", "1")
     said = " ".join(moved.output.replace("│", " ").split())
     assert moved.exit_code == 2 and "searched on, ward/igakuqa, is not found from here" in said, said
+    # Named from here, the data is taken as the search's: its filters (limit 24) still come from the search.
+    named = run("--model", "on-purpose", "--top-k", "1", "--data", str(SAMPLE_DIR))
+    assert named.exit_code == 0, named.output
+    assert read_manifest(tmp_path / "opt6" / "manifest.json").filters["limit"] == 24
     (search / "manifest.json").write_text(json.dumps({**manifest, "model": "swallow-70b"}), encoding="utf-8")
     silent = run()
     said = " ".join(silent.output.replace("│", " ").split())

@@ -196,8 +196,12 @@ def optimize(
         if from_search is not None:
             pick = formats_from_search(from_search, top_k)
             formats, fractions, split_seed = pick.formats, pick.fractions, pick.seed
-            if data == "sample" and not selection_given(selection):
-                data, selection = _searched_data(pick, from_search), recorded_selection(pick.filters)
+            # What is not given is the search's: its data, and its selection flags (all or none).
+            if data == "sample":
+                data = _searched_data(pick, from_search)
+            if not selection_given(selection):
+                recorded = recorded_selection(pick.filters)
+                selection = {**recorded, "lenient": recorded["lenient"] or selection.get("lenient", False)}
         else:
             formats = [resolve_format(format)]
     dataset, questions, filters = load_questions(data, **selection)
@@ -223,25 +227,29 @@ def optimize(
 
 
 def _searched_data(pick: Any, run_dir: Path) -> str:
-    """The data a search ran on, which the combined mode takes when no --data or selection flag is given."""
+    """The data a search ran on, which the combined mode takes when --data is not given."""
     if not Path(pick.data).exists():
         from medjp_agent.errors import ConfigError
 
         raise ConfigError(f"--from-search: the data {run_dir} searched on, {pick.data}, is not found from here (a path "
-                          "relative to where the search ran?): pass it as --data, with the search's selection flags")
+                          "relative to where the search ran?): pass it as --data; the search's filters are taken")
     return pick.data
 
 
 def _check_searched_data(pick: Any, run_dir: Path, source: str, filters: dict[str, Any]) -> None:
-    """Refuse questions other than those the search chose its formats and split on."""
+    """Refuse questions other than those the search chose its formats and split on: other data (where the search's
+    path can be found from here to compare) or other filters, naming what differs."""
     from medjp_agent.errors import ConfigError
     from medjp_agent.results import selection_filters
 
     wanted, chosen = selection_filters(filters), selection_filters(pick.filters)
-    if Path(source).resolve() != Path(pick.data).resolve() or wanted != chosen:
-        raise ConfigError(f"--from-search: {run_dir} chose its formats on {pick.data} with filters {chosen}; this run "
-                          f"selects {source} with {wanted}: leave out --data and the selection flags to take the "
-                          "search's")
+    differ = [f"{k}: {chosen.get(k)!r} there, {wanted.get(k)!r} now" for k in sorted({*wanted, *chosen})
+              if wanted.get(k) != chosen.get(k)]
+    if Path(pick.data).exists() and Path(source).resolve() != Path(pick.data).resolve():
+        differ.insert(0, f"data: {pick.data} there, {source} now")
+    if differ:
+        raise ConfigError(f"--from-search: {run_dir} chose its formats on other questions ({'; '.join(differ)}): leave "
+                          "out --data and the selection flags to take the search's")
 
 
 def _check_searched_model(pick: Any, run_dir: Path, model: Any, given: bool) -> None:
