@@ -280,6 +280,16 @@ class RunWriter:
             lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self._results.values())
             replace_text(path, "".join(lines))
 
+    def keep_only(self, ids: set[str]) -> int:
+        """Drop the resumed results of questions not in ``ids`` (the data changed since: a mended file, say, moves
+        a ``--limit``), so the run and its summary hold exactly the questions selected now; returns how many."""
+        dropped = [qid for qid in self._results if qid not in ids]
+        for qid in dropped:
+            del self._results[qid]
+        if dropped:
+            self._repair_tail()
+        return len(dropped)
+
     @property
     def done_ids(self) -> set[str]:
         """Questions a resumed run need not ask again: a question recorded as not run is asked again."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ import dspy
 from rich.console import Console
 
 from medjp_agent.data import Question
-from medjp_agent.errors import RunInterrupted, user_input
+from medjp_agent.errors import MedjpWarning, RunInterrupted, user_input
 from medjp_agent.evaluate import CallMeter, Observer, evaluate
 from medjp_agent.lm import build_lm, describe_lm, generation_settings
 from medjp_agent.lm.options import LMOptions
+from medjp_agent.naming import counted
 from medjp_agent.paths import inside
 from medjp_agent.rerun import resume_hint
 from medjp_agent.results import RunManifest, RunSummary, RunWriter
@@ -91,6 +93,9 @@ def _run_eval_locked(config: EvalConfig) -> RunSummary:
     fmt: PromptFormat = config.program.format
     writer = RunWriter(config.out, manifest_for(config, fmt, lm))
     wanted = {q.id for q in config.questions}
+    if dropped := writer.keep_only(wanted):
+        warnings.warn(MedjpWarning(f"{writer.dir}: dropped {counted(dropped, 'result')} of questions no longer "
+                                   "selected (the data changed since they were answered)"), stacklevel=2)
     todo = [q for q in config.questions if q.id not in writer.done_ids]
     progress = RunProgress(len(config.questions), [r for r in writer.results if r.id in wanted],
                            console=config.console, disable=config.console is None, transient=False)

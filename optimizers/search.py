@@ -33,7 +33,7 @@ from .pruning import MIN_STARTUP_STEPS, make_pruner
 from .samplers import SAMPLERS, make_sampler, process_seed
 from .sensitivity import FormatSensitivity
 from .space import FormatSpace
-from .storage import create_study, open_storage, search_storage_url
+from .storage import SQLITE_PREFIX, create_study, open_storage, search_storage_url
 from .workers import Budget
 
 
@@ -160,6 +160,9 @@ def search_study(run_dir: Path, manifest: RunManifest) -> tuple[optuna.Study, st
     """The study a search folder's manifest names, and its storage URL (:func:`search_storage_url`). Raises
     KeyError when the storage holds no study of that name."""
     url = search_storage_url(run_dir, str(manifest.extra.get("storage") or ""))
+    if url.startswith(SQLITE_PREFIX) and not Path(url.removeprefix(SQLITE_PREFIX)).exists():
+        # Opening it would create an empty database there, and then find no study in it.
+        raise ConfigError(f"{run_dir}: the search's study database {url.removeprefix(SQLITE_PREFIX)} is missing")
     return optuna.load_study(study_name=str(manifest.extra["study"]), storage=open_storage(url)), url
 
 

@@ -44,9 +44,13 @@ class StorageError(ConfigError):
     """A storage that cannot be opened, in one line: a missing driver (naming the extra), an unreachable server."""
 
 
+#: How a SQLite storage URL starts (an absolute file path follows).
+SQLITE_PREFIX = "sqlite:///"
+
+
 def default_storage_url(run_dir: str | Path) -> str:
     """The SQLite file a search keeps in its run folder."""
-    return f"sqlite:///{Path(run_dir).resolve() / STUDY_DB}"
+    return f"{SQLITE_PREFIX}{Path(run_dir).resolve() / STUDY_DB}"
 
 
 def is_journal(url: str) -> bool:
@@ -63,8 +67,8 @@ def open_storage(url: str | None) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise StorageError(f"storage {url!r}: expected an RDB URL (sqlite:///FILE, postgresql://...) or journal:PATH")
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    if url.startswith(SQLITE_PREFIX):
+        path = Path(url.removeprefix(SQLITE_PREFIX))
         _make_folder(path, url)
         return _rdb_storage(url, {"creator": lambda: _sqlite_connection(path)}, shown=url)
     # A search runs for hours: a server connection dropped meanwhile (restart, firewall) is replaced, not raised.
@@ -161,14 +165,14 @@ def _sqlite_connection(path: Path) -> sqlite3.Connection:
 
 
 def search_storage_url(run_dir: str | Path, recorded: str | None) -> str:
-    """The storage of a search run folder: the recorded URL, or the folder's own ``study.db`` when the folder was
-    moved (the recorded SQLite file no longer exists) or recorded nothing. A recorded password is masked
-    (:mod:`medjp_agent.redact`): the driver then reads it from its own settings (``PGPASSWORD``, ``~/.pgpass``)."""
+    """The storage of a search run folder: the folder's own ``study.db`` when it has one and recorded a SQLite file
+    or nothing (a search's default storage; a copied or moved folder reads its own, not the original's), else the
+    recorded URL. A recorded password is masked (:mod:`medjp_agent.redact`): the driver then reads it from its own
+    settings (``PGPASSWORD``, ``~/.pgpass``)."""
     recorded = without_masked_password(recorded) if recorded else recorded
     local = Path(run_dir) / STUDY_DB
-    missing_sqlite = bool(recorded) and recorded.startswith("sqlite:///") and not Path(
-        recorded.removeprefix("sqlite:///")).exists()
-    return default_storage_url(run_dir) if (not recorded or missing_sqlite) and local.exists() else str(recorded or "")
+    sqlite = not recorded or recorded.startswith(SQLITE_PREFIX)
+    return default_storage_url(run_dir) if sqlite and local.exists() else str(recorded or "")
 
 
 def require_finished_trials(url: str, study: str) -> None:

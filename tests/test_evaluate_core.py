@@ -214,6 +214,21 @@ def test_run_eval_resumes_and_programs_are_saved_clean(tmp_path: Path):
     assert (tmp_path / "run" / "program.json").exists() and (tmp_path / "run" / "format.yaml").exists()
 
 
+def test_a_resume_after_the_data_changed_holds_exactly_the_questions_selected_now(tmp_path: Path):
+    """A mended file moves a --limit: the results of questions no longer selected go, with a warning."""
+    from medjp_agent.errors import MedjpWarning
+    from medjp_agent.results import read_run
+    from medjp_agent.runs import EvalConfig, run_eval
+
+    lm = ScriptedLM("答え：b")
+    run_eval(EvalConfig(QUESTIONS[:3], MedicalQA(DIRECT), lm, tmp_path / "run", threads=2))
+    now = [QUESTIONS[0], *QUESTIONS[3:5]]
+    with pytest.warns(MedjpWarning, match="dropped 2 results of questions no longer selected"):
+        summary = run_eval(EvalConfig(now, MedicalQA(DIRECT), lm, tmp_path / "run", threads=2))
+    assert summary.n_questions == 3 and len(lm.calls) == 5  # the kept one is not asked again
+    assert sorted(r.id for r in read_run(tmp_path / "run").results) == sorted(q.id for q in now)
+
+
 def test_building_an_lm_from_bad_options_is_a_config_error(tmp_path, monkeypatch):
     from medjp_agent.lm.options import LMOptions
     from medjp_agent.runs import EvalConfig, run_eval

@@ -181,3 +181,23 @@ def test_ctrl_c_requeues_the_running_trial(tmp_path, python_sigint):
     failed = next(t for t in study.trials if t.state == TrialState.FAIL)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
     assert [t.user_attrs[RETRY_OF] for t in waiting] == [failed.number]
+
+
+def test_a_copied_search_folder_reads_its_own_study_and_a_missing_one_is_named(tmp_path):
+    from medjp_agent.errors import ConfigError
+    from medjp_agent.optimizers.search import search_study
+    from medjp_agent.optimizers.storage import default_storage_url, search_storage_url
+    from medjp_agent.results import RunManifest
+
+    original, copy = tmp_path / "search", tmp_path / "copy"
+    for folder in (original, copy):
+        folder.mkdir()
+        (folder / "study.db").write_bytes(b"")
+    assert search_storage_url(copy, default_storage_url(original)) == default_storage_url(copy)
+    assert search_storage_url(copy, "postgresql://db/studies") == "postgresql://db/studies"
+    gone = tmp_path / "gone"
+    manifest = RunManifest(name="gone", kind="search", data="d", extra={"study": "s",
+                                                                         "storage": default_storage_url(gone)})
+    with pytest.raises(ConfigError, match=f"{gone}: the search's study database {gone / 'study.db'} is missing"):
+        search_study(gone, manifest)
+    assert not gone.exists()  # nothing created on the way
