@@ -329,8 +329,16 @@ class FormatAdapter(dspy.Adapter):
         return {**parsed, "extraction": extraction, "parse_error": extraction.reason, "prompt_hash": prompt_hash}
 
 
-def hash_prompt(messages: Sequence[dict[str, Any]] | str) -> str:
+def hash_prompt(messages: Sequence[Any] | str) -> str:
     """Short hash of the messages exactly as sent, to tell results of different prompts apart; a raw prompt's text
-    (as ``--log-prompts`` keeps it) hashes as the message it was sent in."""
+    (as ``--log-prompts`` keeps it) hashes as the message it was sent in, and an ensemble's prompts (a list of
+    prompts) as :func:`ensemble_hash` of theirs."""
+    if isinstance(messages, list) and messages and not isinstance(messages[0], dict):
+        return ensemble_hash([hash_prompt(p) for p in messages])
     sent = raw_messages(messages) if isinstance(messages, str) else list(messages)
     return hashlib.sha256(json.dumps(sent, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def ensemble_hash(hashes: Sequence[str]) -> str:
+    """One question's prompt hash from its calls' (in the order sent): the hash itself for a single call."""
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256(":".join(hashes).encode()).hexdigest()[:16]

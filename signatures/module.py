@@ -21,7 +21,7 @@ from medjp_agent.data import LABELS, load_exemplars
 from medjp_agent.prompt_log import prompts_logged
 from medjp_agent.scoring import Extraction
 
-from .adapter import FormatAdapter
+from .adapter import FormatAdapter, ensemble_hash
 from .demos import DemoSelector, Embedder, demo_from_question
 from .formats import NAMED_FORMATS, PromptFormat, resolve_format
 from .signature import signature_for
@@ -148,14 +148,14 @@ class MedicalQA(dspy.Module):
             calls.append((order, kwargs))
         return _Ballot(calls)
 
-    def first_prompt(self, question: str, choices: Sequence[str] | None = ()) -> list[dict[str, Any]]:
-        """The messages of the first LM call for this question (the first vote's order of the choices), rendered
-        without asking the LM: before Medprompt's self-generated chains of thought are prepared, their demos carry
-        the pool's own explanations."""
-        _, kwargs = self._ballot(question, choices).calls[0]
-        demos = kwargs.get("demos", self.cot.predict.demos)
-        inputs = {"question": kwargs["question"], "choices": kwargs["choices"]}
-        return self.adapter.format(self.cot.predict.signature, [dict(d) for d in demos], inputs)
+    def prompts(self, question: str, choices: Sequence[str] | None = ()) -> list[list[dict[str, Any]]]:
+        """The messages of each LM call for this question (one per ensemble member, each with its order of the
+        choices), rendered without asking the LM: before Medprompt's self-generated chains of thought are
+        prepared, their demos carry the pool's own explanations."""
+        return [self.adapter.format(self.cot.predict.signature,
+                                    [dict(d) for d in kwargs.get("demos", self.cot.predict.demos)],
+                                    {"question": kwargs["question"], "choices": kwargs["choices"]})
+                for _, kwargs in self._ballot(question, choices).calls]
 
     def _call(self, **kwargs: Any) -> list[dict[str, Any]]:
         with dspy.context(adapter=self.adapter):
@@ -182,8 +182,7 @@ class _Ballot:
 
     def result(self) -> dspy.Prediction:
         hashes, prompts = self.hashes, self.prompts
-        # One prompt: its hash; an ensemble: the hash of its prompts in the order they were sent.
-        prompt_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256(":".join(hashes).encode()).hexdigest()[:16]
+        prompt_hash = ensemble_hash(hashes)
         # An ensemble's prompts in the order they were sent, like its hash.
         prompt = (prompts[0] if len(prompts) == 1 else prompts) if prompts_logged() else None
         return _vote(self.samples, len(hashes), prompt_hash, prompt)

@@ -217,6 +217,8 @@ def test_log_prompts_keeps_the_exact_prompt_and_show_prints_it(tmp_path, monkeyp
 
 
 def test_show_prints_an_ensembles_logged_prompts_each_as_text(tmp_path, monkeypatch, scripted):
+    from medjp_agent.signatures.adapter import hash_prompt
+
     fmt = tmp_path / "ens.yaml"
     fmt.write_text("ens3:\n  template: harness\n  shots: 0\n  ensemble: 3\n", encoding="utf-8")
     monkeypatch.setattr("medjp_agent.runs.build_lm", lambda opts: scripted("b"))
@@ -225,9 +227,15 @@ def test_show_prints_an_ensembles_logged_prompts_each_as_text(tmp_path, monkeypa
     assert made.exit_code == 0, made.output
     result = read_run(run).results[0]
     assert len(result.prompt) == 3 and all(isinstance(p, str) for p in result.prompt)
+    assert hash_prompt(result.prompt) == result.prompt_hash  # the stored prompts are those sent
     res = runner.invoke(app, ["report", "--show", result.id, str(run)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert res.output.count("── next prompt ──") == 2 and "[user]" not in res.output
+    # Without --log-prompts the three prompts are rebuilt, and their hash says they are exactly those sent.
+    plain = tmp_path / "plain"
+    assert runner.invoke(app, ["eval", "--out", str(plain), "--limit", "1", "--format", str(fmt)]).exit_code == 0
+    res = runner.invoke(app, ["report", "--show", result.id, str(plain)], env={"COLUMNS": "200"})
+    assert res.output.count("── next prompt ──") == 2 and "so it is exact" in res.output, res.output
 
 
 def test_a_search_whose_trials_all_scored_the_same_has_no_importances():

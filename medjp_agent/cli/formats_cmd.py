@@ -29,8 +29,8 @@ def list_formats() -> None:
         console.print(f"{name:<{width}}  {DESCRIPTIONS[name]}", highlight=False, soft_wrap=True)
 
 
-def rendered_prompt(fmt: Any, question: Any, data: str) -> tuple[list[dict[str, Any]], str]:
-    """(the messages the LM receives for ``question`` on its first call, the exemplar note) in format ``fmt``."""
+def rendered_prompts(fmt: Any, question: Any, data: str) -> tuple[list[list[dict[str, Any]]], str]:
+    """(the messages the LM receives for ``question`` on each call, the exemplar note) in format ``fmt``."""
     from medjp_agent.signatures import MedicalQA, exemplar_pool
 
     pool = exemplar_pool(data, fmt)
@@ -38,7 +38,7 @@ def rendered_prompt(fmt: Any, question: Any, data: str) -> tuple[list[dict[str, 
     note = " ".join(filter(None, [pool.note, "the demos' reasoning is the model's own once it has answered them "
                                   "(Medprompt's self-generated chains of thought): shown here with the exemplars' "
                                   "explanations" if fmt.self_generated_cot else ""]))
-    return qa.first_prompt(question.text, question.choices), note
+    return qa.prompts(question.text, question.choices), note
 
 
 @formats_app.command("show")
@@ -65,7 +65,8 @@ def show(
     question = next((q for q in questions if q.id == qid), None)
     if question is None:
         raise fail(f"{data}: no question with id {qid!r}")
-    messages, note = rendered_prompt(fmt, question, data)
+    prompts, note = rendered_prompts(fmt, question, data)
+    messages = prompts[0]  # an ensemble's first member
     if note:
         err_console.print(f"[dim]note:[/] {note}", highlight=False, soft_wrap=True)
     shown = prompt_sent(messages)
@@ -73,4 +74,4 @@ def show(
     sys.stdout.flush()
 
 
-__all__ = ["FormatOpt", "formats_app", "register", "rendered_prompt"]
+__all__ = ["FormatOpt", "formats_app", "register", "rendered_prompts"]

@@ -37,7 +37,7 @@ def rerendered_prompt(run_dir: Path, result: QuestionResult) -> tuple[Any, str]:
     The result's ``prompt_hash`` is the hash of the messages actually sent, so a rebuilt prompt with the same hash
     is exactly that prompt. Returns (None, why) where it cannot be rebuilt.
     """
-    from medjp_agent.cli.formats_cmd import rendered_prompt
+    from medjp_agent.cli.formats_cmd import rendered_prompts
     from medjp_agent.data import load_dataset
     from medjp_agent.signatures import PromptFormat
     from medjp_agent.signatures.adapter import hash_prompt
@@ -49,7 +49,8 @@ def rerendered_prompt(run_dir: Path, result: QuestionResult) -> tuple[Any, str]:
         question = next((q for q in load_dataset(manifest.data, lenient=True) if q.id == result.id), None)
         if question is None:
             return None, f"question {result.id} is no longer in {manifest.data}"
-        messages, _ = rendered_prompt(PromptFormat.from_dict(manifest.format), question, manifest.data)
+        prompts, _ = rendered_prompts(PromptFormat.from_dict(manifest.format), question, manifest.data)
+        messages = prompts[0] if len(prompts) == 1 else prompts  # as --log-prompts stores an ensemble's
     except (OSError, ValueError) as e:
         return None, f"cannot rebuild it from {manifest.data}: {e}"
     if hash_prompt(messages) == result.prompt_hash:
