@@ -181,6 +181,8 @@ _MANIFEST_TYPES = {"name": str, "kind": str, "data": str}
 _MANIFEST_OPTIONAL = {"model": str, "adapter": str, "backend": str, "system": str, "optimizer": str, "format": dict,
                       "filters": dict, "generation": dict, "n_questions": int, "command": list, "created": str,
                       "versions": dict, "extra": dict}
+_FILTER_TYPES = {"years": list, "sections": list, "text_only": bool, "qtypes": list, "n_choices": list, "limit": int,
+                 "preset": str, "columns": dict, SKIPPED: dict}
 _SUMMARY_TYPES = {"n_questions": int, "overall": dict, "groups": dict}
 _SUMMARY_OPTIONAL = {"lm_calls": int, "prompt_tokens": int, "completion_tokens": int, "generation_s": (int, float),
                      "wall_s": (int, float), "complete": bool, "extra": dict}
@@ -236,6 +238,9 @@ def read_manifest(path: Path) -> RunManifest:
     """A run's ``manifest.json``; a bad file is a located :class:`DataError`."""
     obj = read_json_object(path)
     check_types(obj, _MANIFEST_TYPES, _MANIFEST_OPTIONAL, path, None)
+    # A search's filters are taken again by `optimize --from-search`: a bad one is named here, not deep in a load.
+    check_types({f"filters.{k}": v for k, v in (obj.get("filters") or {}).items()}, {},
+                {f"filters.{k}": kind for k, kind in _FILTER_TYPES.items()}, path, None)
     return RunManifest.from_dict(obj)
 
 

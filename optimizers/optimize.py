@@ -126,6 +126,8 @@ def formats_from_search(run_dir: Path, top_k: int) -> SearchPick:
     if not formats:
         raise ConfigError(f"{run_dir}: the search has no fully evaluated trial yet")
     recorded = manifest.extra.get("split") or {}
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("seed", 0), int):
+        raise ConfigError(f"{run_dir}/manifest.json: extra.split: expected {{fractions, seed}}, got {recorded!r}")
     return SearchPick(formats, tuple(recorded.get("fractions", DEFAULT_FRACTIONS)), int(recorded.get("seed", 0)),
                       manifest.data, dict(manifest.filters), manifest.model, manifest.adapter)
 

@@ -274,3 +274,12 @@ def test_a_bad_manifest_or_results_line_in_a_run_folder_is_located_not_a_traceba
     res = runner.invoke(app, ["report", "--show", "112A11", str(run)])
     assert res.exit_code == 2 and f"{run / 'results.jsonl'}:1: id: expected str, got int 5" in " ".join(
         res.output.split()), res.output
+
+
+def test_a_manifests_bad_filter_is_located(tmp_path: Path):
+    from medjp_agent.data import DataError
+
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"name": "s", "kind": "search", "data": "sample", "filters": {"limit": "ten"}}))
+    with pytest.raises(DataError, match=r"manifest.json: filters.limit: expected int, got str 'ten'"):
+        read_manifest(path)
