@@ -184,6 +184,8 @@ def test_lenient_counts_misnamed_sections_and_loads_the_rest(tmp_path: Path):
     assert skipped["count"] == 3 and sorted(skipped["records"]) == sorted(ds.skipped)
     reasons = subset_reasons(read_run(tmp_path / "run"))
     assert "3 bad input records skipped (--lenient), listed in the manifest" in reasons
+    shown = runner.invoke(app, ["report", str(tmp_path / "run")], env={"COLUMNS": "250"})
+    assert "1 (3 bad skipped)" in shown.output, shown.output  # in the runs table, whatever the year
 
 
 def test_a_manifest_lists_the_first_skipped_records_and_counts_all():

@@ -50,6 +50,8 @@ class RunRow(Serializable):
     categories: dict[str, Aggregate] = field(default_factory=dict)
     #: Questions an unfinished run (interrupted, or with questions not run) was started with; None when finished.
     planned: int | None = None
+    #: Bad input records a ``--lenient`` load skipped (listed in the run's manifest).
+    skipped: int = 0
 
     @classmethod
     def of(cls, run: Run, label: str, by: GroupBy) -> "RunRow":
@@ -63,6 +65,7 @@ class RunRow(Serializable):
             completion_tokens=run.summary.completion_tokens, subset=subset_reasons(run),
             categories=aggregate_by(run.results, "category"),
             planned=None if run.summary.complete else m.n_questions,
+            skipped=int((m.filters.get(SKIPPED) or {}).get("count", 0)),
         )
 
 

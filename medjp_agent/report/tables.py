@@ -150,7 +150,8 @@ def runs_table(report: Report) -> ReportTable:
         o = r.overall
         if c is not None and c.n != o.n:  # paired on the shared questions only: say on how many
             delta += f" on {c.n}"
-        n = str(o.n) if r.planned is None else f"{o.n} of {r.planned}"
+        n = (str(o.n) if r.planned is None else f"{o.n} of {r.planned}") + (
+            f" ({r.skipped:,} bad skipped)" if r.skipped else "")
         rows.append((r.label, *(getattr(r, f) or DASH for f in identity), n, pct(o.accuracy),
                      f"{o.points}/{o.points_possible}",
                      *(pct(r.years[y].accuracy) if y in r.years else DASH for y in years),
