@@ -176,6 +176,10 @@ def test_lenient_counts_misnamed_sections_and_loads_the_rest(tmp_path: Path):
     assert [q.id for q in ds] == ["T1"]
     assert sorted(Path(s.split(":")[0]).name for s in ds.skipped) == ["112-C.JSONL", "112-D_v2.jsonl", "112B.jsonl"]
     (tmp_path / "p.jsonl").write_text('{"problem_id": "T1", "prediction": "c"}\n', encoding="utf-8")
+    strict = runner.invoke(app, ["score", "--data", str(BAD / "misnamed-sections"), "--predictions",
+                                 str(tmp_path / "p.jsonl")])
+    assert strict.exit_code == 2 and "(--lenient would skip 3 bad records and load 1 question)" in " ".join(
+        strict.output.split()), strict.output
     res = runner.invoke(app, ["score", "--data", str(BAD / "misnamed-sections"), "--predictions",
                               str(tmp_path / "p.jsonl"), "--lenient", "--out", str(tmp_path / "run")])
     assert res.exit_code == 0 and "skipped 3 bad records (--lenient)" in " ".join(res.output.split()), res.output
@@ -285,3 +289,10 @@ def test_a_manifests_bad_filter_is_located(tmp_path: Path):
     path.write_text(json.dumps({"name": "s", "kind": "search", "data": "sample", "filters": {"limit": "ten"}}))
     with pytest.raises(DataError, match=r"manifest.json: filters.limit: expected int, got str 'ten'"):
         read_manifest(path)
+
+
+def test_a_torn_json_line_reads_as_english():
+    from medjp_agent.data.textfile import parse_json
+
+    with pytest.raises(DataError, match=r"^f.jsonl:3: invalid JSON \(Unterminated string starting at column 7\)$"):
+        parse_json('{"a": "x', Path("f.jsonl"), 3)

@@ -91,7 +91,9 @@ def parse_json(text: str, path: Path, line: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(path, line + e.lineno - 1, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        # json's own messages may end in "at" ("Unterminated string starting at"): the column follows it.
+        where = f"{e.msg.removesuffix(' at')} at column {e.colno}"
+        raise DataError(path, line + e.lineno - 1, None, f"invalid JSON ({where})") from None
     except ValueError:  # json turns integer literals into int, which refuses more than sys.get_int_max_str_digits()
         raise DataError(path, line, None, f"invalid JSON (a number of more than {sys.get_int_max_str_digits():,} "
                                           "digits)") from None
