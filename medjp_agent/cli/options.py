@@ -265,20 +265,6 @@ def _print_load_warnings(dataset: Any, skip_reason: str, shown: int = 10) -> Non
                           f" first: {escape(dataset.skipped[0])}", highlight=False, soft_wrap=True)
 
 
-def _lenient_hint(data: str, mapping: dict[str, str]) -> str:
-    """What ``--lenient`` would do with ``data`` that failed to load strictly: said only when it would load."""
-    from medjp_agent.data import DataError, load_dataset
-
-    try:
-        dataset = load_dataset(data, columns=mapping or None, lenient=True)
-    except (DataError, ValueError):
-        return ""
-    if not dataset.skipped or not dataset.questions:
-        return ""
-    return (f" (--lenient would skip {counted(len(dataset.skipped), 'bad record')} and load "
-            f"{counted(len(dataset.questions), 'question')})")
-
-
 def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool = False,
                    years: list[int] | None = None, sections: list[str] | None = None, text_only: bool = False,
                    qtypes: list[str] | None = None, n_choices: list[int] | None = None,
@@ -292,9 +278,15 @@ def load_questions(data: str, *, columns: list[str] | None = None, lenient: bool
 
     mapping = key_values("--column", columns or [], "FIELD=COLUMN")
     try:
-        dataset = load_dataset(data, columns=mapping or None, lenient=lenient)
+        # Loaded leniently either way (a strict load would raise its first bad record, the first one skipped here),
+        # so a refusal can say what --lenient would do.
+        dataset = load_dataset(data, columns=mapping or None, lenient=True)
     except (DataError, ValueError) as e:
-        raise fail(str(e) + ("" if lenient else _lenient_hint(data, mapping))) from None
+        raise fail(str(e)) from None
+    if dataset.skipped and not lenient:
+        would = (f" (--lenient would skip {counted(len(dataset.skipped), 'bad record')} and load "
+                 f"{counted(len(dataset.questions), 'question')})") if dataset.questions else ""
+        raise fail(dataset.skipped[0] + would)
     _print_load_warnings(dataset, skip_reason)
     if not dataset.questions:
         raise fail(f"{data}: holds no questions" + (f" ({counted(len(dataset.skipped), 'bad record')} skipped)"
