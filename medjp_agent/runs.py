@@ -92,13 +92,12 @@ def _run_eval_locked(config: EvalConfig) -> RunSummary:
             lm = build_lm(config.lm)
     fmt: PromptFormat = config.program.format
     writer = RunWriter(config.out, manifest_for(config, fmt, lm))
-    wanted = {q.id for q in config.questions}
-    if dropped := writer.keep_only(wanted):
+    if dropped := writer.keep_only({q.id for q in config.questions}):
         warnings.warn(MedjpWarning(f"{writer.dir}: dropped {counted(dropped, 'result')} of questions no longer "
                                    "selected (the data changed since they were answered)"), stacklevel=2)
     todo = [q for q in config.questions if q.id not in writer.done_ids]
-    progress = RunProgress(len(config.questions), [r for r in writer.results if r.id in wanted],
-                           console=config.console, disable=config.console is None, transient=False)
+    progress = RunProgress(len(config.questions), writer.results, console=config.console,
+                           disable=config.console is None, transient=False)
     start = time.perf_counter()
     try:
         with progress:

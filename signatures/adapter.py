@@ -23,7 +23,7 @@ import dspy
 from medjp_agent.data import LABELS, Question
 from medjp_agent.errors import lm_boundary
 from medjp_agent.lm.options import RAW_PROMPT
-from medjp_agent.lm.prompts import prompt_sent, raw_messages
+from medjp_agent.lm.prompts import is_ensemble, prompt_sent, raw_messages
 from medjp_agent.prompt_log import prompts_logged
 from medjp_agent.scoring import Extraction, extract_answer, locate_answer
 
@@ -333,7 +333,7 @@ def hash_prompt(messages: Sequence[Any] | str) -> str:
     """Short hash of the messages exactly as sent, to tell results of different prompts apart; a raw prompt's text
     (as ``--log-prompts`` keeps it) hashes as the message it was sent in, and an ensemble's prompts (a list of
     prompts) as :func:`ensemble_hash` of theirs."""
-    if isinstance(messages, list) and messages and not isinstance(messages[0], dict):
+    if is_ensemble(messages):
         return ensemble_hash([hash_prompt(p) for p in messages])
     sent = raw_messages(messages) if isinstance(messages, str) else list(messages)
     return hashlib.sha256(json.dumps(sent, ensure_ascii=False).encode()).hexdigest()[:16]

@@ -31,6 +31,11 @@ def raw_messages(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text, "name": RAW_PROMPT}]
 
 
+def is_ensemble(prompt: Any) -> bool:
+    """Whether a recorded prompt is an ensemble's: a list of prompts (texts or message lists), not one message list."""
+    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], dict)
+
+
 def prompt_sent(messages: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """The prompt as a reader wants it: a raw completion prompt's text, or the chat messages."""
     return str(messages[0]["content"]) if is_raw(messages) else messages

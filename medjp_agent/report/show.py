@@ -60,9 +60,9 @@ def rerendered_prompt(run_dir: Path, result: QuestionResult) -> tuple[Any, str]:
 
 
 def _prompt_text(prompt: Any) -> Text:
-    from medjp_agent.lm.prompts import prompt_sent
+    from medjp_agent.lm.prompts import is_ensemble, prompt_sent
 
-    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], dict):  # an ensemble's prompts, as sent
+    if is_ensemble(prompt):  # its prompts, in the order sent
         return Text("\n\n── next prompt ──\n\n").join(_prompt_text(p) for p in prompt)
     if isinstance(prompt, list):
         prompt = prompt_sent(prompt)
