@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from medjp_agent.lm.completions import Generation, openai_response
-from medjp_agent.lm.options import RAW_PROMPT
+from medjp_agent.lm.prompts import raw_messages
 
 _PARAMS = ("max_tokens", "temperature", "top_p", "n", "stop")
 #: Faults answered with a well-formed 200 whose completions are missing: what they do to the response body.
@@ -156,7 +156,7 @@ class OpenAIServer:
             messages, kind = body["messages"], "chat"
         else:
             prompt = body["prompt"][0] if isinstance(body["prompt"], list) else body["prompt"]
-            messages, kind = [{"role": "user", "content": prompt, "name": RAW_PROMPT}], "text"
+            messages, kind = raw_messages(prompt), "text"
         generation = self.lm.complete(messages=messages, **params)
         with self._lock:
             self.requests.append((path, body))
